@@ -1,0 +1,156 @@
+"""Resolve a TrainingRun into the one config the trainer reads.
+
+run (validated) + recipe defaults + pool + plan -> ResolvedRun. The operator
+stores it in the run's ConfigMap; `helixrun-train --local` builds it the same
+way from an example file, so a local run and a pod train from identical input.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from helixrun import api, recipes
+from helixrun.planner import Plan, make_plan
+from helixrun.pools import Pool
+
+
+class Paths(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    checkpoints: str
+    data: str
+    model_cache: str
+    records: str  # metrics.jsonl, TensorBoard events, split mappings: beside the checkpoints
+
+
+# Where the operator mounts things in a trainer pod.
+CONFIG_DIR = "/etc/helixrun"
+CONFIG_FILE = "config.yaml"
+POD_PATHS = Paths(checkpoints="/checkpoints", data="/data", model_cache="/cache", records="/checkpoints/records")
+
+
+def local_paths(workdir: str | Path) -> Paths:
+    workdir = Path(workdir).resolve()
+    return Paths(
+        checkpoints=str(workdir / "checkpoints"),
+        data=str(workdir / "data"),
+        model_cache=str(workdir / "cache"),
+        records=str(workdir / "records"),
+    )
+
+
+class ResolvedRun(BaseModel):
+    """The fully resolved run configuration (the ConfigMap's config.yaml)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_version: Literal["helixrun.io/v1alpha1"] = "helixrun.io/v1alpha1"
+    kind: Literal["ResolvedRun"] = "ResolvedRun"
+    name: str
+    namespace: str
+    uid: str = ""
+    spec: dict[str, Any]
+    pool: Pool
+    plan: Plan
+    paths: Paths
+
+    @property
+    def typed_spec(self):
+        return api.RunSpec.model_validate(self.spec)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "ResolvedRun":
+        return cls.model_validate(yaml.safe_load(text))
+
+
+def check_pool(run: api.TrainingRun, pools: dict[str, Pool], source: str = "") -> Pool:
+    hardware = run.spec.hardware
+    pool = pools.get(hardware.pool)
+    if pool is None:
+        known = ", ".join(sorted(pools))
+        raise api.InvalidRun([("spec.hardware.pool", f"unknown pool {hardware.pool!r} (known: {known})")], source)
+    if hardware.gpus_per_node > pool.gpus_per_node:
+        raise api.InvalidRun(
+            [
+                (
+                    "spec.hardware.gpusPerNode",
+                    f"{hardware.gpus_per_node} exceeds the {pool.gpus_per_node} GPUs per node of pool {pool.name}",
+                )
+            ],
+            source,
+        )
+    return pool
+
+
+def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths = POD_PATHS, source: str = "") -> ResolvedRun:
+    pool = check_pool(run, pools, source)
+    spec = recipes.with_defaults(run.raw_spec)
+    # Defaults must themselves be valid: validate the merged spec as the API server would.
+    merged = api.validate(
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
+        f"{source} (with {spec['recipe']} defaults)",
+    )["spec"]
+    plan = make_plan(api.RunSpec.model_validate(merged), pool)
+    return ResolvedRun(name=run.name, namespace=run.namespace, uid=run.uid, spec=merged, pool=pool, plan=plan, paths=paths)
+
+
+# -- --set overrides, as Helm's --set does ----------------------------------
+
+_SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
+
+
+def _scalar(text: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("true", "false"):
+        return text == "true"
+    if text == "null":
+        return None
+    if text.startswith("{") and text.endswith("}"):
+        return [_scalar(item.strip()) for item in text[1:-1].split(",") if item.strip()]
+    return text
+
+
+def apply_set(obj: dict, assignment: str) -> dict:
+    """Apply one `path.to.field=value` override to a TrainingRun's spec (paths relative to spec)."""
+    if "=" not in assignment:
+        raise api.InvalidRun([("--set", f"expected path=value, got {assignment!r}")])
+    path, _, raw = assignment.partition("=")
+    obj = copy.deepcopy(obj)
+    node: Any = obj.setdefault("spec", {})
+    segments = path.split(".")
+    for depth, segment in enumerate(segments):
+        match = _SEGMENT.match(segment)
+        if not match:
+            raise api.InvalidRun([(f"--set {path}", f"bad path segment {segment!r}")])
+        key, index = match.group(1), match.group(2)
+        last = depth == len(segments) - 1
+        if index is None:
+            if last:
+                node[key] = _scalar(raw)
+            else:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise api.InvalidRun([(f"--set {path}", f"{key} is not a mapping")])
+        else:
+            items = node.setdefault(key, [])
+            i = int(index)
+            while len(items) <= i:
+                items.append({} if not last else None)
+            if last:
+                items[i] = _scalar(raw)
+            else:
+                node = items[i]
+    return obj
