@@ -1,0 +1,1 @@
+"""helixrun: Kubernetes-native training for biological foundation models."""
