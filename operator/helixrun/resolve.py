@@ -55,6 +55,7 @@ class ResolvedRun(BaseModel):
     name: str
     namespace: str
     uid: str = ""
+    labels: dict[str, str] = {}
     spec: dict[str, Any]
     pool: Pool
     plan: Plan
@@ -100,7 +101,10 @@ def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths = POD_PAT
         f"{source} (with {spec['recipe']} defaults)",
     )["spec"]
     plan = make_plan(api.RunSpec.model_validate(merged), pool)
-    return ResolvedRun(name=run.name, namespace=run.namespace, uid=run.uid, spec=merged, pool=pool, plan=plan, paths=paths)
+    return ResolvedRun(
+        name=run.name, namespace=run.namespace, uid=run.uid, labels=run.labels,
+        spec=merged, pool=pool, plan=plan, paths=paths,
+    )
 
 
 # -- --set overrides, as Helm's --set does ----------------------------------

@@ -1,0 +1,5 @@
+import sys
+
+from helixrun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""`helixrun render`: print exactly the objects the operator would create, no cluster needed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from helixrun import api
+from helixrun.pools import PoolConfigError, load_pools
+from helixrun.render import PlanRefused, RenderSettings, render_run
+from helixrun.resolve import resolve
+
+
+class ManifestDumper(yaml.SafeDumper):
+    """Block style for multi-line strings (the resolved config), no anchors."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+ManifestDumper.add_representer(str, _str)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("render", help="print the Kubernetes objects the operator creates for a run")
+    parser.add_argument("-f", "--filename", required=True, help="TrainingRun YAML file")
+    parser.add_argument("--pools", help="GPU pools file (default: the built-in pools)")
+    parser.add_argument("-n", "--namespace", help="namespace for runs that do not set one")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    path = Path(args.filename)
+    try:
+        pools = load_pools(args.pools)
+        runs = api.load_runs(path.read_text(), str(path))
+        objects = []
+        for training_run in runs:
+            if args.namespace and training_run.namespace == "default":
+                training_run = api.TrainingRun(**{**training_run.__dict__, "namespace": args.namespace})
+            resolved = resolve(training_run, pools, source=str(path))
+            objects += render_run(resolved, RenderSettings.from_env())
+    except (api.InvalidRun, PoolConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PlanRefused as exc:
+        print(f"error: plan refused: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"error: {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    yaml.dump_all(objects, sys.stdout, Dumper=ManifestDumper, sort_keys=False)
+    return 0

@@ -1,0 +1,176 @@
+"""Render a resolved run into the Kubernetes objects the operator creates.
+
+Pure functions of (ResolvedRun, RenderSettings): no API calls, no clock. The
+operator, `helixrun render` and the tests all call `render_run`, so what a user
+previews is exactly what the operator applies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from helixrun import api
+from helixrun.backends import Backend, backend_for
+from helixrun.resolve import CONFIG_DIR, CONFIG_FILE, ResolvedRun
+
+RUN_LABEL = "helixrun.io/run"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "helixrun", "app.kubernetes.io/part-of": "helixrun"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MODEL_CACHE_CLAIM = "helixrun-model-cache"
+CHECKPOINT_SLACK = 1.25
+MIN_CHECKPOINT_GIB = 10
+
+
+class PlanRefused(ValueError):
+    """The planner found no configuration that fits the run's pool."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What the cluster installation decides (Helm values, passed to the operator as env)."""
+
+    trainer_image: str = "ghcr.io/helixrun/trainer:0.1.0"
+    trainer_service_account: str = "helixrun-trainer"
+    model_cache_size: str = "200Gi"
+    model_cache_storage_class: str | None = None
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "RenderSettings":
+        defaults = cls()
+        return cls(
+            trainer_image=env.get("HELIXRUN_TRAINER_IMAGE", defaults.trainer_image),
+            trainer_service_account=env.get("HELIXRUN_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account),
+            model_cache_size=env.get("HELIXRUN_MODEL_CACHE_SIZE", defaults.model_cache_size),
+            model_cache_storage_class=env.get("HELIXRUN_MODEL_CACHE_STORAGE_CLASS") or None,
+        )
+
+
+# -- names: fixed, derived from the run, never generateName -----------------
+
+
+def job_name(run_name: str) -> str:
+    return run_name
+
+
+def config_map_name(run_name: str) -> str:
+    return f"{run_name}-config"
+
+
+def checkpoint_claim_name(run_name: str) -> str:
+    return f"{run_name}-checkpoints"
+
+
+def metrics_service_name(run_name: str) -> str:
+    return f"{run_name}-metrics"
+
+
+# -- pieces -----------------------------------------------------------------
+
+
+def labels(run: ResolvedRun) -> dict[str, str]:
+    return {RUN_LABEL: run.name, **MANAGED_BY}
+
+
+def owner_reference(run: ResolvedRun) -> list[dict]:
+    if not run.uid:  # rendered offline: the API server assigns the uid at creation
+        return []
+    return [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": run.name,
+            "uid": run.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def metadata(run: ResolvedRun, name: str, owned: bool = True, extra_labels: dict | None = None) -> dict:
+    meta = {"name": name, "namespace": run.namespace, "labels": {**labels(run), **(extra_labels or {})}}
+    owners = owner_reference(run) if owned else []
+    if owners:
+        meta["ownerReferences"] = owners
+    return meta
+
+
+def config_map(run: ResolvedRun) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(run, config_map_name(run.name)),
+        "data": {CONFIG_FILE: run.to_yaml()},
+    }
+
+
+def checkpoint_size(run: ResolvedRun) -> str:
+    storage = (run.spec.get("checkpointing") or {}).get("storage") or {}
+    if storage.get("size"):
+        return storage["size"]
+    # keepLast + best + the one being written, with slack for archival and records.
+    copies = run.spec["checkpointing"]["keepLast"] + 2
+    gib = math.ceil(run.plan.checkpoint_bytes * copies * CHECKPOINT_SLACK / 2**30)
+    return f"{max(MIN_CHECKPOINT_GIB, gib)}Gi"
+
+
+def checkpoint_claim(run: ResolvedRun) -> dict:
+    checkpointing = run.spec["checkpointing"]
+    storage = checkpointing.get("storage") or {}
+    # Retain keeps the claim when the run is deleted: it is then not owned, so the GC leaves it.
+    owned = checkpointing.get("retention", "Retain") == "Delete"
+    spec = {
+        # Every node of a multi-node run writes its rank's part to the same volume.
+        "accessModes": ["ReadWriteMany" if run.spec["hardware"]["nodes"] > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": checkpoint_size(run)}},
+    }
+    if storage.get("storageClassName"):
+        spec["storageClassName"] = storage["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(run, checkpoint_claim_name(run.name), owned=owned),
+        "spec": spec,
+    }
+
+
+def model_cache_claim(namespace: str, settings: RenderSettings) -> dict:
+    """The namespace's shared Hugging Face cache: outlives runs, so no owner."""
+    spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": settings.model_cache_size}}}
+    if settings.model_cache_storage_class:
+        spec["storageClassName"] = settings.model_cache_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": MODEL_CACHE_CLAIM, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "spec": spec,
+    }
+
+
+def metrics_service(run: ResolvedRun) -> dict:
+    port = run.spec["metrics"]["port"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(run, metrics_service_name(run.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {RUN_LABEL: run.name},
+            "ports": [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_run(run: ResolvedRun, settings: RenderSettings, backend: Backend | None = None) -> list[dict]:
+    """Every object the operator creates for a run, in creation order."""
+    if not run.plan.fits:
+        raise PlanRefused(run.plan.refusal or f"run {run.name} does not fit pool {run.pool.name}")
+    backend = backend or backend_for(run)
+    return [
+        model_cache_claim(run.namespace, settings),
+        config_map(run),
+        checkpoint_claim(run),
+        metrics_service(run),
+        backend.render_job(run, settings),
+    ]
