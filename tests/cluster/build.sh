@@ -43,9 +43,28 @@ cache="${HELIXRUN_CACHE:-$HOME/.cache/helixrun}"
 bindir="$cache/bin/$key"
 
 complete() {
-  [[ -f "$bindir/.complete" ]] || return 1
+  [[ -f "$bindir/.complete" && -f "$bindir/share/.complete" ]] || return 1
   local b
   for b in "${bins[@]}"; do [[ -x "$bindir/$b" ]] || return 1; done
+}
+
+# Data files the harness needs, taken from the same pinned modules (module
+# cache) so they always match the binaries: kwok's stock stages and the
+# training-operator's CRDs/webhook/kustomize manifests.
+copy_assets() { # $1 = destination bin dir
+  local share="$1/share" kwok op
+  rm -rf "$share.tmp" && mkdir -p "$share.tmp/kwok" "$share.tmp/training-operator"
+  kwok="$(cd "$tools" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  op="$(cd "$tools" && go mod download -json github.com/kubeflow/training-operator | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$kwok" && -d "$op" ]] || { echo "build.sh: module sources not found" >&2; return 1; }
+  cp "$kwok/kustomize/stage/node/fast/node-initialize.yaml" \
+     "$kwok/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+     "$kwok/kustomize/stage/pod/fast/pod-ready.yaml" \
+     "$kwok/kustomize/stage/pod/fast/pod-delete.yaml" "$share.tmp/kwok/"
+  cp -r "$op/manifests" "$share.tmp/training-operator/manifests"
+  chmod -R u+w "$share.tmp"
+  touch "$share.tmp/.complete"
+  rm -rf "$share" && mv "$share.tmp" "$share"
 }
 
 case "$mode" in
@@ -67,6 +86,10 @@ flock 9
 if complete; then
   echo "$bindir"
   exit 0
+fi
+if [[ -f "$bindir/.complete" ]]; then
+  copy_assets "$bindir"
+  if complete; then echo "$bindir"; exit 0; fi
 fi
 
 p="${HELIXRUN_BUILD_P:-$(nproc)}"
@@ -94,6 +117,7 @@ for b in "${bins[@]}"; do
   [[ -x "$tmp/$b" ]] || { echo "build.sh: missing $b after build" >&2; exit 1; }
 done
 end=$(date +%s)
+copy_assets "$tmp"
 echo "$((end - start))" >"$tmp/.build-seconds"
 touch "$tmp/.complete"
 rm -rf "$bindir"

@@ -1,0 +1,1 @@
+"""Integration-test Kubernetes control plane (see README.md in this folder)."""

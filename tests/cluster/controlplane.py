@@ -1,0 +1,1086 @@
+"""A real Kubernetes control plane for helixrun integration tests.
+
+Runs, as local processes on 127.0.0.1 with free ports chosen at start:
+
+* etcd                      (data in <state_dir>/etcd)
+* kube-apiserver            (client-cert auth, RBAC, ServiceAccount admission off)
+* kube-controller-manager   (garbage collector, node lifecycle, ... all default controllers)
+* kube-scheduler
+* kwok                      (fakes the kubelets of six GPU nodes; see NODE_POOLS)
+* training-operator v1.9.4  (PyTorchJob only, real validating webhook)
+
+Binaries come from tests/cluster/build.sh (pinned Go modules).  Only the
+Python standard library is used here, plus the ``kubectl`` binary that
+build.sh builds.
+
+    cp = ControlPlane().start()     # raises ClusterError on failure (and cleans up)
+    cp.kubeconfig, cp.server, cp.bin_dir
+    cp.kubectl("get", "nodes")
+    cp.stop()                      # every process group is gone afterwards
+
+Test hooks that other suites use:
+
+* Nodes are managed by kwok when annotated ``kwok.x-k8s.io/node: fake``.
+  Labels: ``helixrun.io/pool`` (``a800`` | ``rtx4090``) and
+  ``nvidia.com/gpu.product``; no taints.
+* Annotate a Running pod with ``helixrun.io/test-exit-code: "<n>"`` and kwok
+  terminates all its containers with exit code n: phase ``Failed`` (or
+  ``Succeeded`` for "0"), ``state.terminated.exitCode == n``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+HERE = Path(__file__).resolve().parent
+BUILD_SH = HERE / "build.sh"
+
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE_ANNOTATION_VALUE = "fake"
+EXIT_CODE_ANNOTATION = "helixrun.io/test-exit-code"
+POOL_LABEL = "helixrun.io/pool"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+OPERATOR_NAMESPACE = "kubeflow"
+WEBHOOK_CONFIG_NAME = "validator.training-operator.kubeflow.org"
+WEBHOOK_SECRET_NAME = "training-operator-webhook-cert"
+WEBHOOK_SERVICE_NAME = "training-operator"
+PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
+# Hard-coded in training-operator v1.9.4 pkg/cert/cert.go (certDir) and the
+# controller-runtime webhook default (os.TempDir()/k8s-webhook-server/...).
+WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+# Our own machine-wide webhook CA lives next to it, so every control plane on
+# this machine serves the very same webhook certificate (the cert dir above is
+# shared by all training-operator processes; see README).
+WEBHOOK_PKI_DIR = Path("/tmp/k8s-webhook-server/helixrun-pki")
+
+
+@dataclass(frozen=True)
+class NodePool:
+    name: str
+    count: int
+    gpus: int
+    product: str
+    cpu: str = "128"
+    memory: str = "1Ti"
+    pods: str = "110"
+
+
+NODE_POOLS: tuple[NodePool, ...] = (
+    NodePool("a800", 2, 8, "NVIDIA-A800-SXM4-80GB"),
+    NodePool("rtx4090", 4, 2, "NVIDIA-GeForce-RTX-4090", cpu="32", memory="256Gi"),
+)
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be built, started or stopped."""
+
+
+# --------------------------------------------------------------------------
+# binaries
+
+
+def bin_dir_for_build(build: bool = True, stream: bool = True) -> str:
+    """Return the bin dir of tests/cluster/build.sh, building it if needed.
+
+    ``HELIXRUN_CLUSTER_BIN`` overrides the location (no build then).
+    Raises ClusterError when the binaries are missing and cannot be built.
+    """
+    override = os.environ.get("HELIXRUN_CLUSTER_BIN")
+    if override:
+        missing = [b for b in REQUIRED_BINARIES if not os.access(os.path.join(override, b), os.X_OK)]
+        if missing:
+            raise ClusterError(f"HELIXRUN_CLUSTER_BIN={override} lacks {missing}")
+        return override
+    if not build:
+        rc = subprocess.run(["bash", str(BUILD_SH), "--check"], capture_output=True)
+        out = subprocess.run(["bash", str(BUILD_SH), "--print"], capture_output=True, text=True)
+        if rc.returncode != 0 or out.returncode != 0:
+            raise ClusterError(
+                "control-plane binaries are not built; run tests/cluster/build.sh (or make cluster-bin)"
+            )
+        return out.stdout.strip().splitlines()[-1]
+    try:
+        proc = subprocess.run(
+            ["bash", str(BUILD_SH)],
+            stdout=subprocess.PIPE,
+            stderr=None if stream else subprocess.PIPE,
+            text=True,
+        )
+    except OSError as e:  # bash missing, ...
+        raise ClusterError(f"cannot run {BUILD_SH}: {e}") from e
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"tests/cluster/build.sh failed (exit {proc.returncode}); "
+            f"{(proc.stderr or '')[-4000:]}"
+        )
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise ClusterError("tests/cluster/build.sh printed no bin dir")
+    return lines[-1]
+
+
+REQUIRED_BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "training-operator",
+)
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], object],
+    timeout: float,
+    interval: float = 0.2,
+    alive: Callable[[], None] | None = None,
+):
+    """Poll ``check`` until it returns a truthy value; raise ClusterError on timeout.
+
+    ``alive`` is called each round and should raise if a process died, so a
+    crash is reported at once instead of after the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last_err: object = None
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as e:  # noqa: BLE001 - reported on timeout
+            last_err = e
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_err!r})")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 1.0)
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Start time of a pid (field 22 of /proc/pid/stat), to guard against pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2 :].split()
+    return rest[19]
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2 :].split()[0]
+
+
+def _pgid_members(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry))
+    return out
+
+
+def run_openssl(args: Sequence[str], cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def _issue_cert(
+    d: Path,
+    name: str,
+    ca: str,
+    subject: str,
+    ext: str,
+    days: int = 3650,
+    traditional_key: bool = False,
+) -> None:
+    """Create d/name.key and d/name.crt signed by d/ca.{crt,key}."""
+    keyargs = ["genrsa", "-out", f"{name}.key"]
+    if traditional_key:
+        keyargs.insert(1, "-traditional")
+    run_openssl([*keyargs, "2048"], d)
+    (d / f"{name}.ext").write_text(ext)
+    run_openssl(["req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr"], d)
+    run_openssl(
+        [
+            "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", str(days), "-sha256", "-extfile", f"{name}.ext",
+            "-out", f"{name}.crt",
+        ],
+        d,
+    )
+
+
+def _cert_days_left(path: Path) -> float:
+    proc = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate", "-in", str(path)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return -1
+    end = proc.stdout.strip().split("=", 1)[1]
+    t = _dt.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=_dt.timezone.utc)
+    return (t - _dt.datetime.now(_dt.timezone.utc)).total_seconds() / 86400
+
+
+def ensure_webhook_pki() -> Path:
+    """Machine-wide CA + serving cert for the training-operator webhook.
+
+    The cert is valid for ``training-operator.kubeflow.svc`` (what the
+    operator's cert-controller checks) and IP 127.0.0.1 (what the apiserver
+    dials).  The CA key is PKCS#1, as cert-controller parses it.  Created
+    once (under a lock) and reused by every control plane on the machine.
+    """
+    d = WEBHOOK_PKI_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d.parent / ".helixrun-pki.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ok = all((d / f).exists() for f in ("ca.crt", "ca.key", "tls.crt", "tls.key"))
+        if ok and _cert_days_left(d / "tls.crt") > 365 and _cert_days_left(d / "ca.crt") > 365:
+            return d
+        tmp = Path(tempfile.mkdtemp(prefix=".pki-", dir=d.parent))
+        try:
+            run_openssl(["genrsa", "-traditional", "-out", "ca.key", "2048"], tmp)
+            run_openssl(
+                [
+                    "req", "-x509", "-new", "-key", "ca.key", "-days", "3650", "-sha256",
+                    "-subj", "/O=training-operator/CN=training-operator-ca",
+                    "-addext", "subjectAltName=DNS:training-operator-ca",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
+                    "-out", "ca.crt",
+                ],
+                tmp,
+            )
+            dns = f"{WEBHOOK_SERVICE_NAME}.{OPERATOR_NAMESPACE}.svc"
+            _issue_cert(
+                tmp, "tls", "ca", f"/CN={dns}",
+                "basicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n"
+                f"subjectAltName=DNS:{dns},IP:127.0.0.1\n",
+                traditional_key=True,
+            )
+            for f in ("ca.crt", "ca.key", "tls.crt", "tls.key"):
+                os.replace(tmp / f, d / f)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return d
+
+
+def install_webhook_serving_certs(pki: Path) -> None:
+    """Put tls.crt/tls.key where training-operator v1.9.4 looks (a Secret mount in-cluster)."""
+    WEBHOOK_CERT_DIR.mkdir(parents=True, exist_ok=True)
+    for f in ("tls.crt", "tls.key"):
+        src = (pki / f).read_bytes()
+        dst = WEBHOOK_CERT_DIR / f
+        if not dst.exists() or dst.read_bytes() != src:
+            tmp = dst.with_suffix(".tmp")
+            tmp.write_bytes(src)
+            os.replace(tmp, dst)
+
+
+# --------------------------------------------------------------------------
+# manifests
+
+
+def node_manifests(pools: Iterable[NodePool] = NODE_POOLS) -> list[dict]:
+    nodes = []
+    for pool in pools:
+        for i in range(pool.count):
+            name = f"{pool.name}-{i}"
+            resources = {
+                "cpu": pool.cpu,
+                "memory": pool.memory,
+                "pods": pool.pods,
+                "ephemeral-storage": "1Ti",
+                GPU_RESOURCE: str(pool.gpus),
+            }
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "annotations": {
+                            KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE,
+                            "node.alpha.kubernetes.io/ttl": "0",
+                        },
+                        "labels": {
+                            "kubernetes.io/hostname": name,
+                            "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64",
+                            "kubernetes.io/role": "agent",
+                            "node-role.kubernetes.io/agent": "",
+                            "type": "kwok",
+                            POOL_LABEL: pool.name,
+                            GPU_PRODUCT_LABEL: pool.product,
+                            "nvidia.com/gpu.count": str(pool.gpus),
+                        },
+                    },
+                    "spec": {},
+                    "status": {"capacity": dict(resources), "allocatable": dict(resources)},
+                }
+            )
+    return nodes
+
+
+def exit_code_stage() -> dict:
+    """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
+    terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
+    key = EXIT_CODE_ANNOTATION
+    template = (
+        "{{ $now := Now }}\n"
+        f'{{{{ $code := index .metadata.annotations "{key}" }}}}\n'
+        '{{ $ok := eq $code "0" }}\n'
+        "conditions:\n"
+        "- lastTransitionTime: {{ $now | Quote }}\n"
+        '  status: "True"\n'
+        "  type: Initialized\n"
+        "- lastTransitionTime: {{ $now | Quote }}\n"
+        '  status: "False"\n'
+        "  reason: PodCompleted\n"
+        "  type: Ready\n"
+        "- lastTransitionTime: {{ $now | Quote }}\n"
+        '  status: "False"\n'
+        "  reason: PodCompleted\n"
+        "  type: ContainersReady\n"
+        "containerStatuses:\n"
+        "{{ range .spec.containers }}\n"
+        "- image: {{ .image | Quote }}\n"
+        "  name: {{ .name | Quote }}\n"
+        "  ready: false\n"
+        "  restartCount: 0\n"
+        "  started: false\n"
+        "  state:\n"
+        "    terminated:\n"
+        "      exitCode: {{ $code }}\n"
+        "      finishedAt: {{ $now | Quote }}\n"
+        '      reason: {{ if $ok }}"Completed"{{ else }}"Error"{{ end }}\n'
+        "      startedAt: {{ $now | Quote }}\n"
+        "{{ end }}\n"
+        "phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}\n"
+    )
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "helixrun-test-exit-code"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                    {"key": f'.metadata.annotations["{key}"]', "operator": "Exists"},
+                ]
+            },
+            # Must beat any other Running-pod stage.
+            "weight": 10000,
+            "next": {"statusTemplate": template},
+        },
+    }
+
+
+def validating_webhook_configuration(webhook_port: int, ca_pem: bytes) -> dict:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG_NAME},
+        "webhooks": [
+            {
+                "name": "validator.pytorchjob.training-operator.kubeflow.org",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{webhook_port}{PYTORCHJOB_WEBHOOK_PATH}",
+                    "caBundle": base64.b64encode(ca_pem).decode(),
+                },
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "timeoutSeconds": 10,
+                "rules": [
+                    {
+                        "apiGroups": ["kubeflow.org"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["pytorchjobs"],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def pytorchjob(
+    name: str,
+    namespace: str = "default",
+    master: int = 1,
+    workers: int = 1,
+    pool: str = "rtx4090",
+    gpus: int = 1,
+    restart_policy: str = "ExitCode",
+    image: str = "docker.io/pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime",
+) -> dict:
+    """A minimal PyTorchJob for smoke tests (container ``pytorch``)."""
+
+    def replica(n: int) -> dict:
+        return {
+            "replicas": n,
+            "restartPolicy": restart_policy,
+            "template": {
+                "spec": {
+                    "nodeSelector": {POOL_LABEL: pool},
+                    "containers": [
+                        {
+                            "name": "pytorch",
+                            "image": image,
+                            "command": ["python", "-c", "print('hi')"],
+                            "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+                        }
+                    ],
+                }
+            },
+        }
+
+    specs = {}
+    if master:
+        specs["Master"] = replica(master)
+    if workers:
+        specs["Worker"] = replica(workers)
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"pytorchReplicaSpecs": specs},
+    }
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    start_time: str | None
+    log: str
+    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "pid": self.pid, "start_time": self.start_time, "log": self.log}
+
+    def is_alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        st = _proc_state(self.pid)
+        return st is not None and st != "Z" and _proc_start_time(self.pid) == self.start_time
+
+    def group_alive(self) -> bool:
+        """Anything left in the process group (the leader may have spawned children)."""
+        return self.is_alive() or bool(self._group_members())
+
+    def _group_members(self) -> list[int]:
+        # The group id equals the leader's pid (start_new_session=True).
+        if self.popen is None and _proc_start_time(self.pid) not in (None, self.start_time):
+            return []  # pid reused by somebody else: not ours
+        return _pgid_members(self.pid)
+
+    def signal_group(self, sig: int) -> None:
+        if not self.group_alive():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def reap(self) -> None:
+        if self.popen is not None:
+            with contextlib.suppress(Exception):
+                self.popen.poll()
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kcm + scheduler + kwok + training-operator on loopback."""
+
+    STATE_FILE = "state.json"
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike | None = None,
+        bin_dir: str | os.PathLike | None = None,
+        kubeconfig: str | os.PathLike | None = None,
+        build: bool = True,
+        keep_state: bool | None = None,
+        startup_timeout: float = 180.0,
+        verbosity: int = 1,
+    ):
+        self._own_state_dir = state_dir is None
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="helixrun-cluster-")).resolve()
+        self._bin_dir = str(bin_dir) if bin_dir else None
+        self._build = build
+        self.kubeconfig = str(Path(kubeconfig).resolve()) if kubeconfig else str(self.state_dir / "kubeconfig")
+        self.keep_state = (not self._own_state_dir) if keep_state is None else keep_state
+        self.startup_timeout = startup_timeout
+        self.verbosity = verbosity
+        self.procs: list[Proc] = []
+        self.ports: dict[str, int] = {}
+        self.server: str | None = None
+        self.started = False
+        self.timings: dict[str, float] = {}
+
+    # -- public API ------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> str:
+        if self._bin_dir is None:
+            self._bin_dir = bin_dir_for_build(build=self._build)
+        return self._bin_dir
+
+    def binary(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name)
+
+    @property
+    def share_dir(self) -> Path:
+        return Path(self.bin_dir) / "share"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def __enter__(self) -> "ControlPlane":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "ControlPlane":
+        """Start everything; on any failure stop what was started and raise ClusterError."""
+        t0 = time.monotonic()
+        try:
+            self._start()
+        except BaseException as e:
+            logs = self.logs_dir
+            self.stop(keep_state=True)
+            if isinstance(e, ClusterError):
+                raise ClusterError(f"{e}\n(component logs in {logs})") from e
+            raise
+        self.started = True
+        self.timings["total"] = time.monotonic() - t0
+        self._write_state()
+        return self
+
+    def stop(self, keep_state: bool | None = None, timeout: float = 15.0) -> None:
+        """Terminate every process group started by this control plane (reverse order)."""
+        for p in reversed(self.procs):
+            p.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in reversed(self.procs):
+            while p.group_alive() and time.monotonic() < deadline:
+                p.reap()
+                time.sleep(0.05)
+            if p.group_alive():
+                p.signal_group(signal.SIGKILL)
+        kill_deadline = time.monotonic() + 10
+        while any(p.group_alive() for p in self.procs) and time.monotonic() < kill_deadline:
+            for p in self.procs:
+                p.reap()
+            time.sleep(0.05)
+        leftover = [p for p in self.procs if p.group_alive()]
+        for p in self.procs:
+            if p.popen is not None:
+                with contextlib.suppress(Exception):
+                    p.popen.wait(timeout=1)
+        self.started = False
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / self.STATE_FILE).unlink()
+        keep = self.keep_state if keep_state is None else keep_state
+        if not keep and not leftover:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if leftover:
+            raise ClusterError(f"processes survived stop(): {[(p.name, p.pid) for p in leftover]}")
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.procs}
+
+    def alive(self) -> dict[str, bool]:
+        return {p.name: p.is_alive() for p in self.procs}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self.binary("kubectl"), "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, obj: dict | list, server_side: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+        docs = obj if isinstance(obj, list) else [obj]
+        data = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+        args = ["apply", "-f", "-"]
+        if server_side:
+            args += ["--server-side", "--force-conflicts", "--field-manager=helixrun-tests"]
+        return self.kubectl(*args, input=data, check=check)
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that should talk to this cluster."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.kubeconfig
+        env["PATH"] = self.bin_dir + os.pathsep + env.get("PATH", "")
+        return env
+
+    def describe(self) -> dict:
+        return {
+            "server": self.server,
+            "kubeconfig": self.kubeconfig,
+            "bin_dir": self.bin_dir,
+            "state_dir": str(self.state_dir),
+            "ports": self.ports,
+            "procs": [p.to_json() for p in self.procs],
+            "timings": self.timings,
+        }
+
+    # -- persisted state (for the CLI: `up` in one process, `down` in another)
+
+    def _write_state(self) -> None:
+        path = self.state_dir / self.STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.describe(), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_state(cls, state_dir: str | os.PathLike) -> "ControlPlane":
+        state_dir = Path(state_dir).resolve()
+        data = json.loads((state_dir / cls.STATE_FILE).read_text())
+        cp = cls(state_dir=state_dir, bin_dir=data["bin_dir"], kubeconfig=data["kubeconfig"], keep_state=True)
+        cp.server = data["server"]
+        cp.ports = data["ports"]
+        cp.timings = data.get("timings", {})
+        cp.procs = [Proc(d["name"], d["pid"], d["start_time"], d["log"]) for d in data["procs"]]
+        cp.started = True
+        return cp
+
+    # -- startup ---------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log = self.logs_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group + session: killpg-able, detached
+                env=env if env is not None else self._child_env(),
+                cwd=self.state_dir,
+            )
+        p = Proc(name, popen.pid, _proc_start_time(popen.pid), str(log), popen)
+        self.procs.append(p)
+        return p
+
+    def _child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "ETCD"))}
+        env["KUBECONFIG"] = self.kubeconfig
+        return env
+
+    def _check_alive(self) -> None:
+        for p in self.procs:
+            if not p.is_alive():
+                tail = ""
+                with contextlib.suppress(OSError):
+                    tail = Path(p.log).read_text(errors="replace")[-3000:]
+                raise ClusterError(f"{p.name} exited during startup; log tail:\n{tail}")
+
+    def _phase(self, name: str, t0: float) -> None:
+        self.timings[name] = round(time.monotonic() - t0, 2)
+
+    def _start(self) -> None:
+        sd = self.state_dir
+        if (sd / self.STATE_FILE).exists():
+            raise ClusterError(f"{sd} holds a running control plane (state.json); stop it first")
+        for sub in ("etcd", "pki", "logs", "kcm", "scheduler", "kwok"):
+            shutil.rmtree(sd / sub, ignore_errors=True)
+        sd.mkdir(parents=True, exist_ok=True)
+        (sd / "kcm").mkdir()
+        (sd / "scheduler").mkdir()
+        (sd / "kwok").mkdir()
+        missing = [b for b in REQUIRED_BINARIES if not os.access(self.binary(b), os.X_OK)]
+        if missing:
+            raise ClusterError(f"missing binaries in {self.bin_dir}: {missing}")
+        if not (self.share_dir / ".complete").exists():
+            raise ClusterError(f"{self.share_dir} is incomplete; rerun tests/cluster/build.sh")
+
+        t0 = time.monotonic()
+        names = ["etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "op_metrics", "op_health", "op_webhook"]
+        self.ports = dict(zip(names, free_ports(len(names))))
+        self._make_pki()
+        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self._write_kubeconfig()
+        self._phase("pki", t0)
+
+        self._start_etcd()
+        self._phase("etcd", t0)
+        self._start_apiserver()
+        self._phase("apiserver", t0)
+        self._start_kcm_and_scheduler()
+        self._phase("controllers", t0)
+        self._start_kwok()
+        self._phase("kwok_nodes_ready", t0)
+        self._start_training_operator()
+        self._phase("training_operator", t0)
+
+    # PKI ---------------------------------------------------------------
+
+    def _make_pki(self) -> None:
+        d = self.state_dir / "pki"
+        d.mkdir(parents=True)
+        run_openssl(["genrsa", "-out", "ca.key", "2048"], d)
+        run_openssl(
+            [
+                "req", "-x509", "-new", "-key", "ca.key", "-days", "3650", "-sha256",
+                "-subj", "/CN=helixrun-test-ca",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
+                "-out", "ca.crt",
+            ],
+            d,
+        )
+        _issue_cert(
+            d, "apiserver", "ca", "/CN=kube-apiserver",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+            "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n",
+        )
+        _issue_cert(
+            d, "admin", "ca", "/O=system:masters/CN=helixrun-admin",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n",
+        )
+        run_openssl(["genrsa", "-out", "sa.key", "2048"], d)
+        run_openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], d)
+
+    def _write_kubeconfig(self) -> None:
+        d = self.state_dir / "pki"
+        b64 = lambda p: base64.b64encode((d / p).read_bytes()).decode()  # noqa: E731
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "helixrun", "cluster": {"server": self.server, "certificate-authority-data": b64("ca.crt")}}
+            ],
+            "users": [
+                {
+                    "name": "helixrun-admin",
+                    "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+                }
+            ],
+            "contexts": [{"name": "helixrun", "context": {"cluster": "helixrun", "user": "helixrun-admin"}}],
+            "current-context": "helixrun",
+        }
+        path = Path(self.kubeconfig)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def _https_get(self, url: str, client_cert: bool = True, verify: bool = True, timeout: float = 5) -> tuple[int, str]:
+        d = self.state_dir / "pki"
+        if verify:
+            ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        else:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if client_cert:
+            ctx.load_cert_chain(str(d / "admin.crt"), str(d / "admin.key"))
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    # components --------------------------------------------------------
+
+    def _start_etcd(self) -> None:
+        p = self.ports
+        client = f"http://127.0.0.1:{p['etcd']}"
+        peer = f"http://127.0.0.1:{p['etcd_peer']}"
+        self._spawn(
+            "etcd",
+            [
+                self.binary("etcd"),
+                "--name=helixrun",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=helixrun={peer}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{client}/health", timeout=2) as r:
+                return json.loads(r.read()).get("health") == "true"
+
+        wait_until("etcd /health", healthy, 60, alive=self._check_alive)
+
+    def _start_apiserver(self) -> None:
+        d = self.state_dir / "pki"
+        p = self.ports
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.binary("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                f"--cert-dir={self.state_dir / 'pki'}",
+                f"--tls-cert-file={d / 'apiserver.crt'}",
+                f"--tls-private-key-file={d / 'apiserver.key'}",
+                f"--client-ca-file={d / 'ca.crt'}",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=RBAC",
+                # No token-bearing ServiceAccount admission: pods on kwok nodes never run.
+                "--disable-admission-plugins=ServiceAccount",
+                # The "kubernetes" Endpoints may not point at loopback; nothing needs them.
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--v={self.verbosity}",
+            ],
+        )
+
+        def ready() -> bool:
+            code, body = self._https_get(f"{self.server}/readyz")
+            return code == 200 and body.strip() == "ok"
+
+        wait_until("kube-apiserver /readyz", ready, 120, alive=self._check_alive)
+
+    def _start_kcm_and_scheduler(self) -> None:
+        d = self.state_dir / "pki"
+        p = self.ports
+        kc = self.kubeconfig
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['kcm']}",
+                f"--cert-dir={self.state_dir / 'kcm'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={d / 'sa.key'}",
+                f"--root-ca-file={d / 'ca.crt'}",
+                f"--cluster-signing-cert-file={d / 'ca.crt'}",
+                f"--cluster-signing-key-file={d / 'ca.key'}",
+                "--controllers=*",
+                # Faster GC / namespace cleanup for tests.
+                "--concurrent-gc-syncs=5",
+                "--profiling=false",
+                f"--v={self.verbosity}",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.binary("kube-scheduler"),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={self.state_dir / 'scheduler'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                f"--v={self.verbosity}",
+            ],
+        )
+        for name, port in (("kube-controller-manager", p["kcm"]), ("kube-scheduler", p["scheduler"])):
+            wait_until(
+                f"{name} /healthz",
+                lambda port=port: self._https_get(f"https://127.0.0.1:{port}/healthz", client_cert=False, verify=False)
+                == (200, "ok"),
+                90,
+                alive=self._check_alive,
+            )
+
+    def _start_kwok(self) -> None:
+        share = self.share_dir / "kwok"
+        cfg = self.state_dir / "kwok" / "stages.yaml"
+        docs = [(share / f).read_text() for f in sorted(os.listdir(share)) if f.endswith(".yaml")]
+        docs.append(json.dumps(exit_code_stage(), indent=1))
+        cfg.write_text("\n---\n".join(d.strip() for d in docs) + "\n")
+        self.apply(node_manifests())
+        self._spawn(
+            "kwok",
+            [
+                self.binary("kwok"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={cfg}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{self.ports['kwok']}",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.1.0.1",
+            ],
+            env={**self._child_env(), "HOME": str(self.state_dir / "kwok")},
+        )
+        want = {f"{pool.name}-{i}" for pool in NODE_POOLS for i in range(pool.count)}
+
+        def nodes_ready() -> bool:
+            items = self.get_json("nodes")["items"]
+            ready = {
+                n["metadata"]["name"]
+                for n in items
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+            }
+            return want <= ready
+
+        wait_until("kwok nodes Ready", nodes_ready, 90, alive=self._check_alive)
+
+    def _start_training_operator(self) -> None:
+        manifests = self.share_dir / "training-operator" / "manifests"
+        crd = manifests / "base" / "crds" / "kubeflow.org_pytorchjobs.yaml"
+        webhook_manifest = (manifests / "base" / "webhook" / "manifests.yaml").read_text()
+        if PYTORCHJOB_WEBHOOK_PATH not in webhook_manifest:
+            raise ClusterError(f"{PYTORCHJOB_WEBHOOK_PATH} not in the training-operator webhook manifests")
+        self.kubectl("apply", "--server-side", "--field-manager=helixrun-tests", "-f", str(crd))
+        pki = ensure_webhook_pki()
+        install_webhook_serving_certs(pki)
+        secret_data = {f: base64.b64encode((pki / f).read_bytes()).decode() for f in ("ca.crt", "ca.key", "tls.crt", "tls.key")}
+        self.apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": WEBHOOK_SECRET_NAME, "namespace": OPERATOR_NAMESPACE},
+                    "type": "Opaque",
+                    "data": secret_data,
+                },
+                validating_webhook_configuration(self.ports["op_webhook"], (pki / "ca.crt").read_bytes()),
+            ]
+        )
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/pytorchjobs.kubeflow.org")
+        p = self.ports
+        self._spawn(
+            "training-operator",
+            [
+                self.binary("training-operator"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--enable-scheme=pytorchjob",
+                f"--metrics-bind-address=127.0.0.1:{p['op_metrics']}",
+                f"--health-probe-bind-address=127.0.0.1:{p['op_health']}",
+                f"--webhook-server-port={p['op_webhook']}",
+                "--leader-elect=false",
+                "--zap-devel=false",
+            ],
+            env={**self._child_env(), "MY_POD_NAMESPACE": OPERATOR_NAMESPACE},
+        )
+
+        def op_ready() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/readyz", timeout=2) as r:
+                return r.status == 200
+
+        wait_until("training-operator /readyz", op_ready, 90, alive=self._check_alive)
+        # End-to-end: the apiserver must reach the webhook and get a denial.
+        bad = pytorchjob("helixrun-webhook-probe", master=2, workers=1)
+
+        def webhook_denies() -> bool:
+            r = self.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+            if r.returncode == 0:
+                raise ClusterError("webhook accepted Master replicas=2")
+            if "denied the request" in r.stderr:
+                return True
+            raise ClusterError(r.stderr.strip())
+
+        wait_until("training-operator webhook to deny an invalid PyTorchJob", webhook_denies, 60, alive=self._check_alive)
+
+
+def running_control_plane(state_dir: str | os.PathLike) -> ControlPlane | None:
+    """The control plane recorded in state_dir/state.json if any of its processes still runs."""
+    path = Path(state_dir) / ControlPlane.STATE_FILE
+    if not path.exists():
+        return None
+    cp = ControlPlane.from_state(state_dir)
+    if any(p.is_alive() for p in cp.procs):
+        return cp
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover - use `python -m tests.cluster`
+    sys.exit("use: python -m tests.cluster up|down")
