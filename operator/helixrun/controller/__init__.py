@@ -1,0 +1,1 @@
+"""The operator: kopf handlers over the pure plan/render core."""

@@ -1,0 +1,89 @@
+"""The few Kubernetes API calls the operator makes, through the official client."""
+
+from __future__ import annotations
+
+import functools
+
+from kubernetes import client, config, dynamic
+from kubernetes.client.exceptions import ApiException
+
+from helixrun import api
+
+
+def login() -> None:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+@functools.cache
+def _dynamic() -> dynamic.DynamicClient:
+    return dynamic.DynamicClient(client.ApiClient())
+
+
+def create_if_absent(obj: dict) -> bool:
+    """Create obj; False when it already exists (HTTP 409), so retries never duplicate."""
+    resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    try:
+        resource.create(body=obj, namespace=obj["metadata"].get("namespace"))
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def get_run(namespace: str, name: str) -> dict | None:
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch_run_status(namespace: str, name: str, status: dict) -> None:
+    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
+    )
+
+
+def get_job(backend, namespace: str, name: str) -> dict | None:
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(
+            backend.group, backend.version, namespace, backend.plural, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch_job(backend, namespace: str, name: str, patch: dict) -> None:
+    client.CustomObjectsApi().patch_namespaced_custom_object(
+        backend.group, backend.version, namespace, backend.plural, name, patch
+    )
+
+
+def pods_of_job(namespace: str, job_name: str) -> list:
+    selector = f"training.kubeflow.org/job-name={job_name}"
+    return client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items
+
+
+def delete_pod(namespace: str, name: str) -> None:
+    try:
+        client.CoreV1Api().delete_namespaced_pod(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def annotate_pod(namespace: str, name: str, annotations: dict) -> bool:
+    try:
+        client.CoreV1Api().patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
