@@ -102,6 +102,22 @@ def _schema_errors(obj: dict) -> list[tuple[str, str]]:
     return problems
 
 
+def _unknown_fields(node_schema: dict, value: Any, path: list) -> list[tuple[str, str]]:
+    """Fields the schema does not declare: kubectl's strict field validation refuses them."""
+    problems: list[tuple[str, str]] = []
+    if isinstance(value, dict) and "properties" in node_schema:
+        for name, item in value.items():
+            if name not in node_schema["properties"]:
+                if not (path == ["metadata"] or node_schema.get("x-kubernetes-preserve-unknown-fields")):
+                    problems.append((_path([*path, name]), "unknown field"))
+            else:
+                problems += _unknown_fields(node_schema["properties"][name], item, [*path, name])
+    elif isinstance(value, list) and "items" in node_schema:
+        for i, item in enumerate(value):
+            problems += _unknown_fields(node_schema["items"], item, [*path, i])
+    return problems
+
+
 @functools.cache
 def _cel_program(rule: str):
     env = celpy.Environment()
@@ -138,7 +154,7 @@ def validate(obj: dict, source: str = "") -> dict:
             source,
         )
     obj = apply_defaults(schema(), copy.deepcopy(obj))
-    problems = _schema_errors(obj)
+    problems = _schema_errors(obj) + _unknown_fields(schema(), obj, [])
     if not problems:  # CEL rules assume a well-typed object, as in the API server
         problems = _cel_errors(schema(), obj, [])
     if problems:

@@ -1,0 +1,75 @@
+"""Status computation and pod reading: the operator's pure decisions."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helixrun import status
+from helixrun.backends.pytorchjob import PyTorchJobBackend
+from helixrun.controller.pods import peers_to_restart, termination, unschedulable_message
+
+
+def test_condition_transition_time_moves_only_when_status_flips():
+    conditions = status.set_condition([], "PlanFits", True, "Fits", "ok", "t1")
+    conditions = status.set_condition(conditions, "PlanFits", True, "Fits", "still ok", "t2")
+    assert conditions == [{"type": "PlanFits", "status": "True", "reason": "Fits", "message": "still ok", "lastTransitionTime": "t1"}]
+    conditions = status.set_condition(conditions, "PlanFits", False, "Refused", "no", "t3")
+    assert conditions[0]["lastTransitionTime"] == "t3" and conditions[0]["status"] == "False"
+
+
+@given(st.lists(st.sampled_from(["A", "B", "C"]), max_size=12), st.booleans())
+def test_conditions_stay_unique_by_type(types, value):
+    conditions: list = []
+    for i, kind in enumerate(types):
+        conditions = status.set_condition(conditions, kind, value, "r", "m", str(i))
+    assert sorted(c["type"] for c in conditions) == sorted(set(types))
+
+
+def test_only_suspend_and_backoff_may_change_on_a_live_run():
+    old = {"suspend": False, "backoffLimit": 3, "training": {"maxSteps": 10, "optimizer": {"lr": 1e-4}}}
+    new = {"suspend": True, "backoffLimit": 5, "training": {"maxSteps": 10, "optimizer": {"lr": 2e-4}}}
+    assert status.refused_changes(old, new) == ["training.optimizer.lr"]
+    assert status.refused_changes(old, {**old, "suspend": True}) == []
+
+
+def job(*conditions):
+    return {"status": {"conditions": [dict(type=t, status=s, lastTransitionTime=ts, reason=t + "Reason") for t, s, ts in conditions]}}
+
+
+def test_job_phase_follows_the_newest_true_condition():
+    backend = PyTorchJobBackend()
+    assert backend.job_state({}).phase == "Pending"
+    assert backend.job_state(job(("Created", "True", "1"), ("Running", "True", "2"))).phase == "Running"
+    assert backend.job_state(job(("Running", "True", "2"), ("Restarting", "True", "3"))).phase == "Restarting"
+    assert backend.job_state(job(("Running", "True", "4"), ("Restarting", "False", "3"))).phase == "Running"
+    assert backend.job_state(job(("Running", "True", "5"), ("Failed", "True", "4"))).phase == "Failed"
+    assert backend.job_state(job(("Suspended", "True", "1"), ("Created", "True", "2"))).phase == "Suspended"
+
+
+def pod(name, phase="Running", code=None, scheduled=True, deleting=False):
+    body = {"metadata": {"name": name}, "status": {"phase": phase}}
+    if code is not None:
+        body["status"]["containerStatuses"] = [{"name": "pytorch", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": "NCCL timeout"}}}]
+    if not scheduled:
+        body["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "message": "0/6 nodes: Insufficient nvidia.com/gpu"}]
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "now"
+    return body
+
+
+def test_exit_codes_follow_the_contract():
+    assert termination(pod("m", "Running")) is None
+    assert termination(pod("m", "Failed", 143)).retryable
+    assert not termination(pod("m", "Failed", 2)).retryable
+    assert "code 2 (permanent): NCCL timeout" in termination(pod("m", "Failed", 2)).describe()
+
+
+def test_a_failed_rank_restarts_its_live_peers_only():
+    pods = [pod("j-master-0"), pod("j-worker-0", "Failed", 137), pod("j-worker-1"), pod("j-worker-2", deleting=True)]
+    assert peers_to_restart(pods, "j-worker-0") == ["j-master-0", "j-worker-1"]
+
+
+def test_unschedulable_pods_explain_why():
+    assert "Insufficient nvidia.com/gpu" in unschedulable_message(pod("m", "Pending", scheduled=False))
+    assert unschedulable_message(pod("m")) is None
