@@ -1,0 +1,392 @@
+"""Checkpoints that a kill at any instant leaves complete or absent.
+
+Layout on the checkpoint volume (local: DIR/checkpoints):
+
+    step-00000500/            complete: manifest.json + COMPLETE inside
+      shared.pt               rank 0: trainable model state, optimizer, scheduler, scaler, counters, data position
+      rank-00000.pt ...       every rank: its RNG states (python, numpy, torch CPU, CUDA)
+      dcp/                    FSDP only: sharded model + optimizer (torch.distributed.checkpoint)
+      manifest.json           step, metrics, world size, every file's bytes and sha256
+      COMPLETE                sha256 of manifest.json
+    step-00000505.tmp/        being written (ignored by readers; removed at the next start)
+    final/                    Hugging Face export at the end of training
+    latest                    advisory: name of the newest complete checkpoint
+
+Save protocol: rank 0 creates step-N.tmp; barrier; every rank writes its part to
+`<file>.part`, fsyncs, renames, and writes rank-R.done (its files' sizes and
+checksums); barrier; rank 0 checks every rank's .done, writes manifest.json and
+COMPLETE (tmp + fsync + rename), renames step-N.tmp -> step-N and fsyncs the
+folder. The rename is the commit. Retention runs only after a commit, on
+complete checkpoints, and always keeps the newest one; a folder is renamed to
+`.deleting` before it is removed, so a half-deleted folder never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from helixrun_trainer.distributed import DistEnv, barrier
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+MANIFEST, COMPLETE, SHARED = "manifest.json", "COMPLETE", "shared.pt"
+FORMAT_VERSION = 1
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+class CorruptCheckpoint(Exception):
+    pass
+
+
+# -- durable file writes -----------------------------------------------------
+
+
+class _HashingWriter:
+    def __init__(self, f):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, write: Callable[[Any], None]) -> dict:
+    """Write via `<path>.part`, fsync, rename; return {"bytes", "sha256"} of what was written."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as f:
+        writer = _HashingWriter(f)
+        write(writer)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)
+    return {"bytes": writer.bytes, "sha256": writer.sha.hexdigest()}
+
+
+def durable_torch_save(obj: Any, path: Path) -> dict:
+    return durable_write(path, lambda f: torch.save(obj, f))
+
+
+def durable_text(path: Path, text: str) -> dict:
+    return durable_write(path, lambda f: f.write(text.encode()))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+# -- what is on the volume ---------------------------------------------------
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    step: int
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics", {})
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of a committed checkpoint, or CorruptCheckpoint saying why not."""
+    complete, manifest = path / COMPLETE, path / MANIFEST
+    if not complete.is_file():
+        raise CorruptCheckpoint(f"{path.name}: no {COMPLETE} marker")
+    try:
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        raise CorruptCheckpoint(f"{path.name}: manifest unreadable: {exc}") from exc
+    if hashlib.sha256(raw).hexdigest() != complete.read_text().strip():
+        raise CorruptCheckpoint(f"{path.name}: manifest does not match its {COMPLETE} checksum")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"{path.name}: manifest is not JSON: {exc}") from exc
+    if data.get("format") != FORMAT_VERSION or "files" not in data:
+        raise CorruptCheckpoint(f"{path.name}: unknown manifest format {data.get('format')!r}")
+    return data
+
+
+def verify(path: Path, checksums: bool = True) -> CheckpointInfo:
+    """Check marker, manifest, and every listed file's size (and sha256)."""
+    manifest = read_manifest(path)
+    for rel, meta in manifest["files"].items():
+        f = path / rel
+        if not f.is_file():
+            raise CorruptCheckpoint(f"{path.name}: missing {rel}")
+        if f.stat().st_size != meta["bytes"]:
+            raise CorruptCheckpoint(f"{path.name}: {rel} has {f.stat().st_size} bytes, manifest says {meta['bytes']}")
+        if checksums and sha256_file(f) != meta["sha256"]:
+            raise CorruptCheckpoint(f"{path.name}: {rel} checksum mismatch")
+    return CheckpointInfo(path, int(manifest["step"]), manifest)
+
+
+def committed(root: Path) -> list[CheckpointInfo]:
+    """Committed checkpoints (marker + readable manifest), oldest first; files are not re-hashed."""
+    out = []
+    if not root.is_dir():
+        return out
+    for entry in root.iterdir():
+        m = STEP_DIR.match(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        try:
+            manifest = read_manifest(entry)
+        except CorruptCheckpoint:
+            continue
+        out.append(CheckpointInfo(entry, int(m.group(1)), manifest))
+    return sorted(out, key=lambda c: c.step)
+
+
+def newest_valid(root: Path, checksums: bool = True) -> CheckpointInfo | None:
+    """The newest checkpoint that verifies; incomplete or corrupt ones are skipped with a warning."""
+    if not root.is_dir():
+        return None
+    candidates = sorted((e for e in root.iterdir() if STEP_DIR.match(e.name) and e.is_dir()), reverse=True)
+    for entry in candidates:
+        try:
+            return verify(entry, checksums)
+        except CorruptCheckpoint as exc:
+            log.warning("skipping checkpoint %s: %s", entry, exc)
+    return None
+
+
+# -- retention ---------------------------------------------------------------
+
+
+def to_keep(checkpoints: list[CheckpointInfo], *, keep_last: int, best_metric: str | None = None,
+            best_mode: str = "min", archive_every: int | None = None) -> set[int]:
+    """Steps to keep: the last N, the best by metric, every archive_every-th, and always the newest."""
+    if not checkpoints:
+        return set()
+    steps = sorted(c.step for c in checkpoints)
+    keep = set(steps[-max(1, keep_last):])
+    if archive_every:
+        keep |= {s for s in steps if s % archive_every == 0}
+    if best_metric:
+        scored = [c for c in checkpoints if isinstance(c.metrics.get(best_metric), (int, float))]
+        if scored:
+            values = [c.metrics[best_metric] for c in scored]
+            best_value = min(values) if best_mode == "min" else max(values)
+            # Ties go to the earlier step: the first time the best value was reached.
+            keep.add(min(c.step for c in scored if c.metrics[best_metric] == best_value))
+    keep.add(steps[-1])
+    return keep
+
+
+def remove_checkpoint(path: Path) -> None:
+    doomed = path.with_name(path.name + ".deleting")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+# -- the manager -------------------------------------------------------------
+
+
+class CheckpointManager:
+    """Save and find checkpoints for one run; every rank holds one and calls save() together."""
+
+    def __init__(self, root: str | Path, env: DistEnv, *, keep_last: int = 3, best_metric: str | None = None,
+                 best_mode: str = "min", archive_every: int | None = None, checksums_on_load: bool = True,
+                 async_save: bool = False):
+        self.root = Path(root)
+        self.env = env
+        self.keep_last, self.best_metric, self.best_mode = keep_last, best_metric, best_mode
+        self.archive_every = archive_every
+        self.checksums_on_load = checksums_on_load
+        self.async_save = async_save and env.world_size == 1
+        self._pending: threading.Thread | None = None
+        self._pending_error: BaseException | None = None
+        self.last_saved: CheckpointInfo | None = None
+
+    # Start of a run: stale .tmp and .deleting folders belong to a dead process.
+    def clean_stale(self) -> None:
+        if self.env.is_main and self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.is_dir() and entry.name.endswith((".tmp", ".deleting")):
+                    log.warning("removing incomplete checkpoint %s", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+        barrier(self.env)
+
+    def find_resume(self, resume_from: str | None = None) -> CheckpointInfo | None:
+        """Newest valid checkpoint of this run; else spec.resumeFrom (a checkpoint folder or a run's folder)."""
+        found = newest_valid(self.root, self.checksums_on_load)
+        if found or not resume_from:
+            return found
+        path = Path(resume_from)
+        if not path.is_absolute():
+            path = self.root / path
+        if STEP_DIR.match(path.name):
+            return verify(path, self.checksums_on_load)
+        found = newest_valid(path, self.checksums_on_load)
+        if found is None:
+            raise CorruptCheckpoint(f"resumeFrom {resume_from}: no complete checkpoint there")
+        return found
+
+    def load(self, info: CheckpointInfo) -> tuple[dict, dict | None]:
+        """(shared state, this rank's state or None when the checkpoint has no part for this rank)."""
+        shared = torch.load(info.path / SHARED, map_location="cpu", weights_only=False)
+        mine = info.path / rank_file(self.env.rank)
+        part = torch.load(mine, map_location="cpu", weights_only=False) if mine.is_file() else None
+        return shared, part
+
+    # -- saving ---------------------------------------------------------------
+
+    def save(self, step: int, *, shared: Callable[[], dict], part: dict, metrics: dict,
+             sharded: Callable[[Path], None] | None = None, meta: dict | None = None) -> None:
+        """Write step `step`. `shared()` is called on rank 0 only (the model/optimizer state); `part` is this
+        rank's own state; `sharded(dir)` is a collective writer (DCP) every rank calls."""
+        self.wait()
+        tmp = self.root / (step_dir_name(step) + ".tmp")
+        if self.env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier(self.env)
+        if sharded is not None:
+            sharded(tmp / "dcp")
+        shared_state = shared() if self.env.is_main else None
+        if self.async_save:
+            # Snapshot now (training mutates the tensors next step); write and commit in the background.
+            shared_state = _cpu_copy(shared_state)
+            part = _cpu_copy(part)
+            self._pending = threading.Thread(
+                target=self._write_guarded, args=(tmp, step, shared_state, part, metrics, meta), daemon=True,
+                name=f"checkpoint-{step}")
+            self._pending.start()
+            return
+        self._write(tmp, step, shared_state, part, metrics, meta)
+
+    def wait(self) -> None:
+        """Block until an asynchronous save has committed (re-raising its error)."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
+
+    def _write_guarded(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as exc:  # surfaced by wait() on the training thread
+            self._pending_error = exc
+
+    def _write(self, tmp: Path, step: int, shared_state: dict | None, part: dict, metrics: dict,
+               meta: dict | None) -> None:
+        files: dict[str, dict] = {}
+        if shared_state is not None:
+            files[SHARED] = durable_torch_save(shared_state, tmp / SHARED)
+        name = rank_file(self.env.rank)
+        files[name] = durable_torch_save(part, tmp / name)
+        _test_pause(self.root, step, "parts")
+        durable_text(tmp / f"rank-{self.env.rank:05d}.done", json.dumps(files))
+        barrier(self.env)
+        if self.env.is_main:
+            self._commit(tmp, step, metrics, meta)
+        barrier(self.env)
+
+    def _commit(self, tmp: Path, step: int, metrics: dict, meta: dict | None) -> None:
+        files: dict[str, dict] = {}
+        for r in range(self.env.world_size):
+            done = tmp / f"rank-{r:05d}.done"
+            if not done.is_file():
+                raise CorruptCheckpoint(f"step {step}: rank {r} did not finish its part")
+            files.update(json.loads(done.read_text()))
+        dcp_dir = tmp / "dcp"
+        if dcp_dir.is_dir():
+            for f in sorted(dcp_dir.rglob("*")):
+                if f.is_file():
+                    files[str(f.relative_to(tmp))] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        manifest = {
+            "format": FORMAT_VERSION, "step": step, "metrics": metrics, "world_size": self.env.world_size,
+            "created_unix": time.time(), "files": files, **({"meta": meta} if meta else {}),
+        }
+        text = json.dumps(manifest, indent=1, sort_keys=True)
+        durable_text(tmp / MANIFEST, text)
+        durable_text(tmp / COMPLETE, hashlib.sha256(text.encode()).hexdigest())
+        fsync_dir(tmp)
+        _test_pause(self.root, step, "commit")
+        final = self.root / step_dir_name(step)
+        if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
+            remove_checkpoint(final)
+        os.replace(tmp, final)
+        fsync_dir(self.root)
+        durable_text(self.root / "latest", final.name + "\n")
+        self.last_saved = CheckpointInfo(final, step, manifest)
+        log.info("checkpoint %s committed (%d bytes)", final.name, sum(f["bytes"] for f in files.values()))
+        self.apply_retention()
+
+    def apply_retention(self) -> list[int]:
+        found = committed(self.root)
+        keep = to_keep(found, keep_last=self.keep_last, best_metric=self.best_metric, best_mode=self.best_mode,
+                       archive_every=self.archive_every)
+        removed = []
+        for c in found:
+            if c.step not in keep:
+                remove_checkpoint(c.path)
+                removed.append(c.step)
+        if removed:
+            log.info("retention removed checkpoints at steps %s", removed)
+        return removed
+
+
+def checkpoint_bytes(info: CheckpointInfo) -> int:
+    return sum(f["bytes"] for f in info.manifest.get("files", {}).values())
+
+
+def _cpu_copy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _test_pause(root: Path, step: int, phase: str) -> None:
+    """Test hook: HELIXRUN_TEST_PAUSE_IN_SAVE=<step>:<phase> announces itself and blocks, for a SIGKILL."""
+    want = os.environ.get("HELIXRUN_TEST_PAUSE_IN_SAVE")
+    if want and want == f"{step}:{phase}":
+        (root / f"PAUSED-{step}-{phase}").write_text(str(os.getpid()))
+        while True:
+            time.sleep(3600)

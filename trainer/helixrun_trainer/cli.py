@@ -1,0 +1,149 @@
+"""helixrun-train: the pod command and its local twin.
+
+    helixrun-train --config /etc/helixrun/config.yaml                 # in a pod (the operator's resolved config)
+    helixrun-train --local -f examples/run-esm2.yaml --workdir DIR [--tiny] [--set a.b=c ...] [--pools FILE]
+    helixrun-train <command> ...                                       # other commands: helixrun_trainer.commands.<command>
+
+`train` is the default command. Another command is a module
+helixrun_trainer/commands/<name>.py with `add_arguments(parser)` and
+`run(args) -> int`, listed in COMMANDS.
+
+--tiny implies, before any --set (so --set wins): training.maxSteps=40,
+training.logEverySteps=1, training.schedule.warmupSteps=4,
+checkpointing.everySteps=5, evaluation.everySteps=10, hardware.nodes=1,
+hardware.gpusPerNode=1, data.maxSequenceLength=min(its value, 64), and a
+global batch of 4 micro-batches (tokens: 256; samples: 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from helixrun_trainer.errors import EXIT_CONFIG, EXIT_PLAN, exit_code_for
+
+log = logging.getLogger("helixrun_trainer")
+
+COMMANDS = ("train", "predict", "sample")
+
+TINY_SEQ = 64
+
+
+def tiny_overrides(obj: dict) -> list[str]:
+    """--set assignments --tiny implies for this run (computed against the recipe defaults)."""
+    from helixrun import recipes
+
+    spec = obj.get("spec") or {}
+    merged = recipes.with_defaults(spec) if spec.get("recipe") in recipes.DEFAULTS else spec
+    seq = min((merged.get("data") or {}).get("maxSequenceLength") or TINY_SEQ, TINY_SEQ)
+    batch = (merged.get("training") or {}).get("globalBatch") or {}
+    sets = [
+        "training.maxSteps=40", "training.logEverySteps=1", "training.schedule.warmupSteps=4",
+        "checkpointing.everySteps=5", "evaluation.everySteps=10",
+        "hardware.nodes=1", "hardware.gpusPerNode=1", f"data.maxSequenceLength={seq}",
+    ]
+    user_batch = (spec.get("training") or {}).get("globalBatch") or {}
+    unit = "tokens" if (user_batch or batch).get("tokens") else "samples"
+    sets.append(f"training.globalBatch.{unit}={4 * seq if unit == 'tokens' else 4}")
+    return sets
+
+
+def local_config(args) -> "ResolvedRun":  # noqa: F821
+    from helixrun import api, pools, resolve
+
+    source = str(args.file)
+    text = Path(args.file).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    if len(docs) != 1:
+        raise api.InvalidRun([("", f"expected one TrainingRun, found {len(docs)}")], source)
+    obj = docs[0]
+    sets = (tiny_overrides(obj) if args.tiny else []) + list(args.set or [])
+    for assignment in sets:
+        obj = resolve.apply_set(obj, assignment)
+    run = api.TrainingRun.from_object(obj, source)
+    cfg = resolve.resolve(run, pools.load_pools(args.pools), resolve.local_paths(args.workdir), source)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") in ("0", ""):
+        (workdir / "config.yaml").write_text(cfg.to_yaml())
+    return cfg
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="resolved config (pod mode); default /etc/helixrun/config.yaml")
+    p.add_argument("--local", action="store_true", help="resolve a TrainingRun file here instead of reading --config")
+    p.add_argument("-f", "--file", type=Path, help="TrainingRun YAML (with --local)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/local"), help="local run folder (checkpoints/, records/)")
+    p.add_argument("--tiny", action="store_true", help="tiny model and generated data: seconds on a CPU")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a spec field (repeatable)")
+    p.add_argument("--pools", type=Path, default=None, help="pools file (default: the packaged pools)")
+    p.add_argument("--metrics-port", type=int, default=None, help="override spec.metrics.port (0: ephemeral)")
+
+
+def run_train(args) -> int:
+    from helixrun import api
+    from helixrun.resolve import CONFIG_DIR, CONFIG_FILE, ResolvedRun
+
+    try:
+        if args.local:
+            if not args.file:
+                raise api.InvalidRun([("-f", "--local needs -f FILE")])
+            cfg = local_config(args)
+        else:
+            path = args.config or Path(CONFIG_DIR) / CONFIG_FILE
+            cfg = ResolvedRun.from_yaml(Path(path).read_text())
+            if args.set:
+                log.warning("--set is applied in local mode only; the pod's config is already resolved")
+    except (api.InvalidRun, OSError, ValueError) as exc:
+        print(f"helixrun-train: invalid run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not cfg.plan.fits:
+        print(f"helixrun-train: the plan does not fit: {cfg.plan.refusal}", file=sys.stderr)
+        return EXIT_PLAN
+    from helixrun_trainer.loop import train
+
+    port = -1 if args.metrics_port is None else args.metrics_port
+    return train(cfg, tiny=args.tiny, metrics_port=port)
+
+
+def setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=os.environ.get("HELIXRUN_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s rank={rank} %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    command = argv[0] if argv and argv[0] in COMMANDS else "train"
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog=f"helixrun-train {command}" if command != "train" else "helixrun-train")
+    if command == "train":
+        add_train_arguments(parser)
+        runner = run_train
+    else:
+        try:
+            module = importlib.import_module(f"helixrun_trainer.commands.{command}")
+        except ModuleNotFoundError:
+            print(f"helixrun-train: command {command!r} is not installed", file=sys.stderr)
+            return EXIT_CONFIG
+        module.add_arguments(parser)
+        runner = module.run
+    args = parser.parse_args(argv)
+    try:
+        return runner(args)
+    except Exception as exc:
+        code = exit_code_for(exc)
+        log.exception("exiting %d: %s", code, exc)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

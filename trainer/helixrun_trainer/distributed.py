@@ -1,0 +1,142 @@
+"""Distributed setup from the environment a PyTorchJob (or torchrun) gives each process.
+
+PyTorchJob sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK per pod; torchrun
+(one process per GPU) adds LOCAL_RANK/LOCAL_WORLD_SIZE and PET_* copies. gloo on
+CPU, nccl on GPU. Wrapping follows the plan: none, DDP, FSDP (FSDP2
+fully_shard) or DeepSpeed ZeRO (imported only when the plan asks for it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return self.backend is not None
+
+
+def _env_int(environ, *names: str, default: int) -> int:
+    for name in names:
+        if environ.get(name) not in (None, ""):
+            return int(environ[name])
+    return default
+
+
+def read_env(environ=os.environ, cuda: bool | None = None) -> DistEnv:
+    """Rank, world and device from the environment, without touching any process group."""
+    world = _env_int(environ, "WORLD_SIZE", "PET_WORLD_SIZE", default=1)
+    rank = _env_int(environ, "RANK", "PET_RANK", default=0)
+    local_rank = _env_int(environ, "LOCAL_RANK", "PET_LOCAL_RANK", default=0)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    backend = None if world == 1 else ("nccl" if cuda else "gloo")
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device, backend=backend)
+
+
+def init(environ=os.environ, timeout_s: float = 600) -> DistEnv:
+    env = read_env(environ)
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if env.backend and not dist.is_initialized():
+        dist.init_process_group(
+            env.backend, rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=env.device if env.device.type == "cuda" else None,
+        )
+        log.info("process group %s: rank %d of %d (local rank %d)", env.backend, env.rank, env.world_size, env.local_rank)
+    return env
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.initialized:
+        dist.barrier()
+
+
+def all_reduce_sum(env: DistEnv, values: list[float]) -> list[float]:
+    """Sum a few floats over ranks (in float64, so counts stay exact)."""
+    if not env.initialized:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(env: DistEnv, flag: bool) -> bool:
+    """True on every rank if it is true on any (so all ranks stop at the same step)."""
+    if not env.initialized:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def wrap(model: torch.nn.Module, plan, env: DistEnv) -> torch.nn.Module:
+    """Return the model to train with, wrapped as plan.distributed says (DeepSpeed is built with the optimizer)."""
+    model = model.to(env.device)
+    if not env.initialized or plan.distributed == "none":
+        return model
+    if plan.distributed == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if plan.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        # One unit per transformer block where the model exposes them, then the root.
+        for module in model.modules():
+            if module.__class__.__name__.endswith(("Layer", "Block")) and module is not model:
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    if plan.distributed == "deepspeed":
+        return model  # see build_deepspeed: the engine owns model and optimizer
+    raise ValueError(f"unknown distributed mode {plan.distributed!r}")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DDP/DeepSpeed wrappers."""
+    return getattr(model, "module", model)
+
+
+def build_deepspeed(model, optimizer, plan, grad_accum: int, micro_batch: int, gradient_clip: float | None):
+    """ZeRO-2 (optionally offloading the optimizer to CPU) as the plan says. deepspeed is an optional dependency."""
+    import deepspeed  # noqa: PLC0415 - optional, imported only for plans that use it
+
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": gradient_clip or 0.0,
+        "bf16": {"enabled": plan.precision == "bf16"},
+        "fp16": {"enabled": plan.precision == "fp16"},
+        "zero_optimization": {
+            "stage": plan.zero_stage or 2,
+            **({"offload_optimizer": {"device": "cpu", "pin_memory": True}} if plan.offload else {}),
+        },
+    }
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, optimizer

@@ -1,0 +1,372 @@
+"""The training loop: config -> components -> loop.
+
+    components = build(cfg)                  # model, data, optimizer, schedule, precision, checkpoints, metrics
+    resume from the newest complete checkpoint (or spec.resumeFrom)
+    while step < total_steps:
+        train_step(step)                     # grad accumulation over this step's micro-batches
+        evaluate every evaluation.everySteps
+        log, then checkpoint every checkpointing.everySteps
+        on SIGTERM: checkpoint this step and exit 143
+    checkpoint the last step, export final/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from helixrun.resolve import ResolvedRun
+from helixrun_trainer import distributed
+from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
+from helixrun_trainer.data import BatchOrder, StepBatches, eval_batches, mix_seed, to_device
+from helixrun_trainer.errors import EXIT_OK, ConfigError
+from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
+from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kwargs
+from helixrun_trainer.precision import Precision
+from helixrun_trainer.preemption import Preemption
+from helixrun_trainer.recipes import get_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Counters a checkpoint carries besides model/optimizer/scheduler/RNG."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    samples_seen: int = 0
+    last_eval_step: int = 0
+    eval_metrics: dict = field(default_factory=dict)
+    restarts: int = 0
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_deterministic() -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def total_steps_for(training, steps_per_epoch: float) -> int:
+    if training.max_steps:
+        return training.max_steps
+    return max(1, math.ceil((training.epochs or 1) * steps_per_epoch))
+
+
+class Trainer:
+    """Owns the components; `run()` is the loop."""
+
+    def __init__(self, cfg: ResolvedRun, *, tiny: bool = False, metrics_port: int | None = -1):
+        self.cfg, self.tiny = cfg, tiny
+        spec = cfg.typed_spec
+        self.spec, self.plan = spec, cfg.plan
+        training = spec.training
+        set_deterministic()
+        self.env = env = distributed.init()
+        self.seed = training.seed if training.seed is not None else 42
+        if self.plan.distributed == "deepspeed":
+            raise ConfigError("DeepSpeed plans are not wired into the loop yet (see trainer/README.md)")
+
+        # Model and data: the recipe's part. Same init on every rank (DDP also broadcasts).
+        self.recipe = get_recipe(spec.recipe)
+        seed_all(self.seed)
+        model = self.recipe.build_model(cfg, tiny)
+        if self.plan.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()
+        data_dir = Path(cfg.paths.data)
+        self.data = self.recipe.build_data(cfg, tiny, data_dir)
+
+        # Batches: token budget when the plan counts tokens and the recipe gives lengths.
+        world = env.world_size
+        grad_accum = self.plan.grad_accum
+        if world != self.plan.world_size:
+            per_rank = self.plan.micro_batch_tokens or self.plan.micro_batch
+            grad_accum = max(1, math.ceil(self.plan.global_batch / (per_rank * world)))
+            log.warning("running on %d ranks, the plan assumed %d: gradient accumulation %d -> %d",
+                        world, self.plan.world_size, self.plan.grad_accum, grad_accum)
+        self.grad_accum = grad_accum
+        tokens = self.plan.global_batch_unit == "tokens" and self.data.lengths is not None
+        self.max_tokens = self.plan.micro_batch_tokens if tokens else None
+        order = BatchOrder(len(self.data.train), self.seed, lengths=self.data.lengths if tokens else None,
+                           max_tokens=self.max_tokens, batch_size=self.plan.micro_batch)
+        self.batches = StepBatches(order, self.data.train, self.data.collate, seed=self.seed,
+                                   grad_accum=grad_accum, world_size=world, rank=env.rank)
+        self.total_steps = total_steps_for(training, self.batches.steps_per_epoch())
+
+        # Distribution, optimizer, schedule, precision.
+        self.model = distributed.wrap(model, self.plan, env)
+        self.module = distributed.unwrap(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, training)
+        self.scheduler = build_scheduler(self.optimizer, schedule_kwargs(training, self.total_steps))
+        self.precision = Precision(self.plan.precision, training.precision, env.device)
+        self.clip = training.gradient_clip
+        self.state = TrainState()
+        # Dropout and other global draws differ per rank, reproducibly.
+        seed_all(mix_seed(self.seed, "rank", env.rank))
+
+        ck = spec.checkpointing
+        best = ck.keep_best if ck and ck.keep_best else None
+        self.checkpoints = CheckpointManager(
+            cfg.paths.checkpoints, env, keep_last=(ck.keep_last if ck and ck.keep_last else 3),
+            best_metric=best.metric if best else None, best_mode=(best.mode if best and best.mode else "min"),
+            archive_every=ck.archive_every_steps if ck else None,
+            async_save=os.environ.get("HELIXRUN_ASYNC_CHECKPOINT", "") == "1")
+        self.checkpoint_every = (ck.every_steps if ck and ck.every_steps else 500)
+        ev = spec.evaluation
+        self.eval_every = ev.every_steps if ev and ev.every_steps else None
+        self.log_every = training.log_every_steps or 10
+
+        # Metrics: Prometheus on every rank (port + local rank, so torchrun's per-GPU processes do not collide).
+        port = spec.metrics.port if metrics_port == -1 else metrics_port
+        if port:
+            port += env.local_rank
+        self.prom = PrometheusExporter(run=cfg.name, namespace=cfg.namespace, rank=env.rank, port=port,
+                                       cuda=env.device.type == "cuda")
+        self.prom.info(recipe=spec.recipe, pool=cfg.pool.name, method=self.plan.method, precision=self.precision.name)
+        self.prom.set("helixrun_train_total_steps", self.total_steps)
+        self.resumed_from = 0
+
+    # -- checkpoint round trip ------------------------------------------------
+
+    def _shared_state(self) -> dict:
+        return {
+            "model": self.recipe.trainable_state(self.module),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "precision": self.precision.state_dict(),
+            "train": asdict(self.state),
+            "data": self.batches.state_dict(self.state.step),
+        }
+
+    def save(self, reason: str = "") -> None:
+        t0 = time.monotonic()
+        meta = {"recipe": self.spec.recipe, "model": self.spec.model.name, "revision": self.spec.model.revision,
+                "method": self.plan.method, "grad_accum": self.grad_accum, "tiny": self.tiny, "reason": reason}
+        self.checkpoints.save(self.state.step, shared=self._shared_state, part={"rng": rng_state()},
+                              metrics=dict(self.state.eval_metrics) if self.state.last_eval_step == self.state.step else {},
+                              meta=meta)
+        self.prom.observe("helixrun_checkpoint_save_duration_seconds", time.monotonic() - t0)
+        saved = self.checkpoints.last_saved
+        if saved is not None and saved.step == self.state.step:
+            self.prom.set("helixrun_checkpoint_size_bytes", checkpoint_bytes(saved))
+            self.prom.set("helixrun_checkpoint_last_step", saved.step)
+            self.prom.set("helixrun_checkpoint_last_timestamp_seconds", time.time())
+
+    def resume(self) -> None:
+        self.checkpoints.clean_stale()
+        info = self.checkpoints.find_resume(self.spec.resume_from)
+        if info is None:
+            return
+        shared, part = self.checkpoints.load(info)
+        missing, unexpected = self.module.load_state_dict(shared["model"], strict=False)
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        if unexpected or (set(missing) & trainable):
+            raise ConfigError(f"checkpoint {info.path} does not match the model: missing {sorted(set(missing) & trainable)[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(shared["optimizer"])
+        self.scheduler.load_state_dict(shared["scheduler"])
+        self.precision.load_state_dict(shared["precision"])
+        self.state = TrainState(**shared["train"])
+        for problem in self.batches.check_state(shared["data"]):
+            log.warning("resume is not exact: %s", problem)
+        if part is not None:
+            set_rng_state(part["rng"])
+        else:
+            log.warning("checkpoint %s has no RNG state for rank %d: reseeding", info.path, self.env.rank)
+            seed_all(mix_seed(self.seed, "rank", self.env.rank, "resume", self.state.step))
+        self.state.restarts += 1
+        self.resumed_from = self.state.step
+        self.prom.set("helixrun_train_resumed_from_step", self.state.step)
+        self.prom.inc("helixrun_train_restarts")
+        log.info("resumed from %s (step %d)", info.path, self.state.step)
+
+    # -- one optimizer step -----------------------------------------------------
+
+    def _no_sync(self, last: bool):
+        if last:
+            return contextlib.nullcontext()
+        if hasattr(self.model, "no_sync"):  # DDP: reduce gradients once, on the last micro-batch
+            return self.model.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(False)
+            return _Restore(lambda: self.model.set_requires_gradient_sync(True))
+        return contextlib.nullcontext()
+
+    def train_step(self, step: int) -> dict:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, units, tokens, samples = 0.0, 0, 0, 0
+        micro = list(self.batches.for_step(step))
+        for i, (batch, generator) in enumerate(micro):
+            batch = to_device(batch, self.env.device)
+            with self._no_sync(i == len(micro) - 1):
+                with self.precision.autocast():
+                    out = self.recipe.compute_loss(self.model, batch, generator)
+                # Sum over units here; divided by the global unit count below (uneven batches weigh right).
+                self.precision.backward(out.loss.float() * out.loss_units)
+            loss_sum += float(out.loss.detach().float()) * out.loss_units
+            units, tokens, samples = units + int(out.loss_units), tokens + int(out.num_tokens), samples + int(out.num_samples)
+        g_loss, g_units = distributed.all_reduce_sum(self.env, [loss_sum, units])
+        self.precision.unscale(self.optimizer)
+        # DDP/FSDP averaged gradients over ranks; rescale so the gradient is the mean over every unit of the step.
+        scale = self.env.world_size / max(g_units, 1)
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip if self.clip else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.precision.step(self.optimizer)
+        self.scheduler.step()
+        return {"loss": g_loss / max(g_units, 1), "lr": lr, "grad_norm": float(grad_norm),
+                "tokens": tokens, "samples": samples}
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.data.eval:
+            return {}
+        self.module.eval()
+        batches = (to_device(b, self.env.device) for b in eval_batches(
+            self.data.eval, self.data.collate, seed=self.seed, lengths=self.data.eval_lengths,
+            max_tokens=self.max_tokens, batch_size=self.plan.micro_batch))
+        # fork_rng: evaluation never moves the training RNG streams.
+        with torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []), \
+                torch.no_grad(), self.precision.autocast():
+            scores = self.recipe.evaluate(self.module, batches)
+        self.module.train()
+        return {f"eval_{k}": float(v) for k, v in scores.items()}
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        env = self.env
+        self.resume()
+        records = Path(self.cfg.paths.records)
+        self.records = RunRecords(records, self.state.step, enabled=env.is_main)
+        if env.is_main:
+            records.mkdir(parents=True, exist_ok=True)
+            durable_write(records / "config.yaml", lambda f: f.write(self.cfg.to_yaml().encode()))
+            if self.data.split_mapping is not None:
+                import json
+
+                durable_write(records / "split_mapping.json",
+                              lambda f: f.write(json.dumps(self.data.split_mapping, indent=1).encode()))
+        progress = ProgressLog(self.total_steps, self.state.step, enabled=env.is_main)
+        exit_code = EXIT_OK
+        with Preemption() as preempt:
+            while self.state.step < self.total_steps:
+                t0 = time.monotonic()
+                out = self.train_step(self.state.step)
+                self.state.step += 1
+                self.state.tokens_seen += out["tokens"]
+                self.state.samples_seen += out["samples"]
+                dt = time.monotonic() - t0
+                step = self.state.step
+                record = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                          "tokens_per_second": out["tokens"] / dt if dt > 0 else 0.0,
+                          "samples_per_second": out["samples"] / dt if dt > 0 else 0.0,
+                          "epoch": self.batches.epoch_of(step - 1)}
+                if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
+                    self.state.eval_metrics = self.evaluate()
+                    self.state.last_eval_step = step
+                    record.update(self.state.eval_metrics)
+                    for k, v in self.state.eval_metrics.items():
+                        self.prom.set("helixrun_eval_metric", v, metric=k)
+                self._export_step(record, dt, progress)
+                logged = step % self.log_every == 0 or step == self.total_steps or "eval_loss" in record
+                if logged:
+                    self.records.write(record)
+                progress.update(record, logged)
+                stop = distributed.any_rank(env, preempt.requested)
+                if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
+                    self.save("preempted" if stop else "periodic")
+                if stop:
+                    self.checkpoints.wait()
+                    progress.message(f"preempted: checkpoint at step {step} committed, exiting {preempt.exit_code}")
+                    exit_code = preempt.exit_code
+                    break
+            else:
+                self.checkpoints.wait()
+                self.export_final()
+        progress.close()
+        self.records.close()
+        self.prom.close()
+        return exit_code
+
+    def _export_step(self, record: dict, dt: float, progress: ProgressLog) -> None:
+        p = self.prom
+        p.set("helixrun_train_step", record["step"])
+        p.set("helixrun_train_loss", record["loss"])
+        p.set("helixrun_train_learning_rate", record["lr"])
+        p.set("helixrun_train_grad_norm", record["grad_norm"])
+        p.set("helixrun_train_tokens_per_second", record["tokens_per_second"])
+        p.set("helixrun_train_samples_per_second", record["samples_per_second"])
+        p.inc("helixrun_train_tokens", record["tokens_per_second"] * dt)
+        p.observe("helixrun_train_step_duration_seconds", dt)
+        eta = progress.eta(record["step"])
+        p.set("helixrun_train_eta_seconds", 0.0 if math.isnan(eta) else eta)
+        p.gpu_memory(self.env.device)
+
+    def export_final(self) -> None:
+        """final/: the recipe's Hugging Face export, staged and renamed like a checkpoint."""
+        root = Path(self.cfg.paths.checkpoints)
+        final, tmp = root / "final", root / "final.tmp"
+        if self.env.is_main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.recipe.export(self.module, self.cfg, tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            log.info("exported %s", final)
+        distributed.barrier(self.env)
+
+
+class _Restore:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fn()
+
+
+def train(cfg: ResolvedRun, *, tiny: bool = False, metrics_port: int | None = -1) -> int:
+    trainer = Trainer(cfg, tiny=tiny, metrics_port=metrics_port)
+    try:
+        return trainer.run()
+    finally:
+        distributed.shutdown()
