@@ -1,0 +1,1 @@
+"""Evaluation metrics the recipes report: text generation (BLEU, METEOR) and classification."""
