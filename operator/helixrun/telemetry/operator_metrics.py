@@ -8,7 +8,7 @@ Wiring (the operator's startup and cleanup handlers)::
 
     @kopf.on.startup()
     async def start_metrics(memo, **_):
-        memo.metrics = await operator_metrics.start_operator_metrics(port=8000)
+        memo.metrics = await operator_metrics.start_operator_metrics()  # HELIXRUN_OPERATOR_METRICS_PORT
 
     @kopf.on.cleanup()
     async def stop_metrics(memo, **_):
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from helixrun.metrics_contract import OPERATOR_METRICS, Metric
 
-DEFAULT_PORT = 8000
+# The chart sets HELIXRUN_OPERATOR_METRICS_PORT from operator.metrics.port.
+DEFAULT_PORT = 9090
+PORT_ENV = "HELIXRUN_OPERATOR_METRICS_PORT"
 # The phases of status.phase (CRD enum); every (phase, pool) pair is exported, zeros included,
 # so "runs by phase" panels show 0 rather than no data.
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
@@ -186,10 +189,18 @@ def _app(metrics: OperatorMetrics) -> web.Application:
     return app
 
 
+def configured_port() -> int:
+    return int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+
+
 async def start_operator_metrics(
-    port: int = DEFAULT_PORT, host: str = "0.0.0.0", metrics: OperatorMetrics | None = None
+    port: int | None = None, host: str = "0.0.0.0", metrics: OperatorMetrics | None = None
 ) -> MetricsServer:
-    """Start serving /metrics in the running event loop (kopf's); returns once the socket listens."""
+    """Start serving /metrics in the running event loop (kopf's); returns once the socket listens.
+
+    `port=None` reads HELIXRUN_OPERATOR_METRICS_PORT (default 9090); 0 picks a free port.
+    """
+    port = configured_port() if port is None else port
     runner = web.AppRunner(_app(metrics or METRICS), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -201,7 +212,7 @@ async def start_operator_metrics(
     return MetricsServer(runner=runner, port=bound)
 
 
-async def serve_operator_metrics(port: int = DEFAULT_PORT, host: str = "0.0.0.0") -> None:
+async def serve_operator_metrics(port: int | None = None, host: str = "0.0.0.0") -> None:
     """Serve /metrics until cancelled (for a task of its own or a standalone process)."""
     server = await start_operator_metrics(port, host)
     try:
