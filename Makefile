@@ -1,0 +1,35 @@
+# helixrun developer entry points. README.md names the two a newcomer types:
+#   make demo   set up, then train the GeneChat example locally (--tiny, CPU, no cluster)
+#   make test   set up, build the test control plane, run every test
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+RUN_DIR    ?= runs/genechat
+
+.PHONY: setup demo test test-unit render lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: operator/pyproject.toml trainer/pyproject.toml .ci/requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip==25.3
+	$(PIP) install --quiet -r .ci/requirements-test.txt -e 'operator[operator,cli]' -e trainer
+	touch $@
+
+demo: setup
+	$(VENV)/bin/helixrun-train --local -f examples/run-genechat.yaml --workdir $(RUN_DIR) --tiny
+
+render: setup
+	$(VENV)/bin/helixrun render -f examples/run-genechat.yaml
+
+test: setup cluster-bin
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest -m "not cluster"
+
+clean: cluster-down
+	rm -rf $(VENV) .cluster runs
+
+CLUSTER_PYTHON = $(PY)
+include Makefile.cluster

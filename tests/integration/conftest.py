@@ -1,0 +1,134 @@
+"""Integration fixtures: the real control plane (tests/cluster), our CRD and a running operator."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.controlplane import free_ports, wait_until
+
+ROOT = Path(__file__).parents[2]
+CRD = ROOT / "crds" / "helixrun.io_trainingruns.yaml"
+EXAMPLES = ROOT / "examples"
+_namespaces = itertools.count()
+
+
+class Operator:
+    """`helixrun operator` (kopf's runner) as a process against the test cluster."""
+
+    def __init__(self, cluster, log: Path):
+        self.cluster, self.log = cluster, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Operator":
+        (port,) = free_ports(1)
+        env = self.cluster.env() | {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test"}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "helixrun.cli", "operator", "-A", "--standalone",
+             "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+
+        def alive():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+
+        def healthy():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_until("operator liveness", healthy, timeout=120, alive=alive)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster):
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/trainingruns.helixrun.io", "--timeout=60s")
+    return cluster
+
+
+# Per module: the restart test runs operators of its own and must not race this one.
+@pytest.fixture(scope="module")
+def operator(crd_installed, tmp_path_factory):
+    op = Operator(crd_installed, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def namespace(crd_installed):
+    """A fresh namespace with what the chart gives each namespace: the trainer's ServiceAccount."""
+    name = f"it-{next(_namespaces)}"
+    crd_installed.kubectl("create", "namespace", name)
+    crd_installed.kubectl("create", "serviceaccount", "helixrun-trainer", "-n", name)
+    return name
+
+
+def run_object(path: Path, **spec_changes) -> dict:
+    obj = yaml.safe_load(path.read_text())
+    obj["spec"].update(spec_changes)
+    return obj
+
+
+def apply(cluster, obj: dict, namespace: str, check: bool = True) -> subprocess.CompletedProcess:
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj), check=check)
+
+
+def get(cluster, kind: str, name: str, namespace: str) -> dict | None:
+    result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def pods_of(cluster, job: str, namespace: str) -> list[dict]:
+    selector = f"training.kubeflow.org/job-name={job}"
+    return cluster.get_json("pods", "-n", namespace, "-l", selector)["items"]
+
+
+def run_status(cluster, name: str, namespace: str) -> dict:
+    return (get(cluster, "trainingrun", name, namespace) or {}).get("status") or {}
+
+
+def provide_volumes(cluster, namespace: str, claims: list[str]) -> None:
+    """Static PVs pre-bound to the claims a run will make: this control plane has no provisioner."""
+    volumes = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}"},
+            "spec": {
+                "capacity": {"storage": "10Ti"},
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/tmp/helixrun-pv/{namespace}/{claim}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+        for claim in claims
+    ]
+    cluster.apply(volumes)
+
+
+def wait_for(what: str, check, timeout: float = 90):
+    return wait_until(what, check, timeout=timeout)

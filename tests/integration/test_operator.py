@@ -1,0 +1,167 @@
+"""The operator against a real control plane: kube-apiserver, etcd, scheduler,
+controller-manager, kwok GPU nodes and the Kubeflow training-operator v1.9."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.cluster.controlplane import EXIT_CODE_ANNOTATION
+from tests.integration.conftest import (
+    EXAMPLES,
+    apply,
+    get,
+    pods_of,
+    provide_volumes,
+    run_object,
+    run_status,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+NODE_POOL_LABEL = "helixrun.io/pool"  # set on the kwok nodes by the harness, not used by our selectors
+
+
+def launch(cluster, namespace: str, example: str, **spec_changes) -> dict:
+    """Apply an example with its data and checkpoint volumes provided; return the applied object."""
+    obj = run_object(EXAMPLES / example, **spec_changes)
+    name = obj["metadata"]["name"]
+    data_claim = obj["spec"].get("data", {}).get("pvc")
+    claims = [f"{name}-checkpoints", "helixrun-model-cache"] + ([data_claim] if data_claim else [])
+    provide_volumes(cluster, namespace, claims)
+    if data_claim:
+        cluster.apply({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": data_claim, "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}, "storageClassName": ""},
+        })
+    apply(cluster, obj, namespace)
+    return obj
+
+
+def running_pods(cluster, job: str, namespace: str, count: int) -> list[dict]:
+    def check():
+        pods = [p for p in pods_of(cluster, job, namespace) if p["status"].get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")]
+        return pods if len(pods) == count else None
+
+    return wait_for(f"{count} running pods of {job}", check, timeout=120)
+
+
+def node_pool(cluster, node: str) -> str:
+    return cluster.get_json("node", node)["metadata"]["labels"][NODE_POOL_LABEL]
+
+
+@pytest.mark.parametrize(
+    ("example", "pool"),
+    [("run-genechat.yaml", "a800"), ("run-metagene-4090.yaml", "rtx4090"), ("run-esm2.yaml", "a800"),
+     ("run-structdiff.yaml", "rtx4090"), ("run-ptm-mamba.yaml", "a800")],
+)
+def test_examples_create_children_and_run_on_their_pool(cluster, operator, namespace, example, pool):
+    obj = launch(cluster, namespace, example)
+    name = obj["metadata"]["name"]
+    job = wait_for("PyTorchJob", lambda: get(cluster, "pytorchjob", name, namespace))
+    for kind, child in (("configmap", f"{name}-config"), ("pvc", f"{name}-checkpoints"), ("service", f"{name}-metrics")):
+        assert get(cluster, kind, child, namespace), f"{kind}/{child} missing"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TrainingRun"
+    pods = running_pods(cluster, name, namespace, obj["spec"]["hardware"].get("nodes", 1))
+    assert {node_pool(cluster, p["spec"]["nodeName"]) for p in pods} == {pool}
+    wait_for("phase Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
+    table = cluster.kubectl("get", "tr", "-n", namespace).stdout
+    assert "Running" in table and obj["spec"]["recipe"] in table and pool in table
+
+
+def test_a_run_asking_for_more_gpus_than_the_pool_has_stays_pending_and_says_why(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-esm2.yaml", hardware={"pool": "a800", "nodes": 3, "gpusPerNode": 8})
+    name = obj["metadata"]["name"]
+    status = wait_for("an explanation", lambda: (s := run_status(cluster, name, namespace)).get("message") and s)
+    assert "nvidia.com/gpu" in status["message"]
+    assert status["phase"] == "Pending"
+    scheduled = [c for c in status["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled and scheduled[0]["status"] == "False"
+
+
+def test_a_failed_worker_restarts_the_whole_gang(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-metagene-4090.yaml",
+                 hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 2})
+    name = obj["metadata"]["name"]
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, name, namespace, 2)}
+    wait_for("Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
+    worker = next(n for n in before if "worker" in n)
+    cluster.kubectl("annotate", "pod", worker, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
+
+    def all_replaced():
+        pods = running_pods(cluster, name, namespace, 2)
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+        return uids if set(uids) == set(before) and not set(uids.values()) & set(before.values()) else None
+
+    wait_for("master and worker recreated", all_replaced, timeout=180)
+    status = wait_for("restart counted and Running again",
+                      lambda: (s := run_status(cluster, name, namespace)).get("restarts", 0) >= 1
+                      and s.get("phase") == "Running" and s)
+    assert "exited with code 137 (retryable)" in status["message"]
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             f"involvedObject.name={name}", "-o", "yaml").stdout
+    reasons = {e["reason"] for e in yaml.safe_load(events)["items"]}
+    assert "Restarting" in reasons
+
+
+def test_a_permanent_exit_code_fails_the_run_with_the_reason(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-structdiff.yaml")
+    name = obj["metadata"]["name"]
+    (pod,) = running_pods(cluster, name, namespace, 1)
+    cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, f"{EXIT_CODE_ANNOTATION}=2")
+    status = wait_for("Failed", lambda: (s := run_status(cluster, name, namespace)).get("phase") == "Failed" and s)
+    assert "exited with code 2 (permanent)" in status["message"]
+
+
+@pytest.mark.parametrize(("retention", "pvc_kept"), [("Retain", True), ("Delete", False)])
+def test_deleting_a_run_removes_its_children_and_honours_retention(cluster, operator, namespace, retention, pvc_kept):
+    obj = launch(cluster, namespace, "run-esm2.yaml",
+                 checkpointing={"everySteps": 100, "keepLast": 2, "retention": retention})
+    name = obj["metadata"]["name"]
+    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    cluster.kubectl("delete", "trainingrun", name, "-n", namespace, "--wait=true", timeout=120)
+    for kind, child in (("pytorchjob", name), ("configmap", f"{name}-config"), ("service", f"{name}-metrics")):
+        wait_for(f"{kind}/{child} collected", lambda: get(cluster, kind, child, namespace) is None, timeout=120)
+    if pvc_kept:
+        assert get(cluster, "pvc", f"{name}-checkpoints", namespace) is not None
+    else:
+        wait_for("pvc collected", lambda: get(cluster, "pvc", f"{name}-checkpoints", namespace) is None, timeout=120)
+    assert get(cluster, "pvc", "helixrun-model-cache", namespace) is not None
+
+
+def test_suspend_reaches_the_job(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-esm2.yaml")
+    name = obj["metadata"]["name"]
+    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("job suspended", lambda: get(cluster, "pytorchjob", name, namespace)["spec"]["runPolicy"].get("suspend"))
+    wait_for("phase Suspended", lambda: run_status(cluster, name, namespace).get("phase") == "Suspended")
+
+
+def test_changing_a_fixed_field_is_refused_with_a_condition(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-esm2.yaml")
+    name = obj["metadata"]["name"]
+    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"training":{"optimizer":{"lr":0.001}}}}')
+
+    def refused():
+        conditions = run_status(cluster, name, namespace).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "SpecChangeRefused" and c["status"] == "True"), None)
+
+    condition = wait_for("SpecChangeRefused", refused)
+    assert "training.optimizer.lr" in condition["message"]
+
+
+def test_a_plan_that_does_not_fit_creates_no_job(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-metagene-4090.yaml",
+                 model={"name": "metagene-ai/METAGENE-1", "method": "full"})
+    name = obj["metadata"]["name"]
+    status = wait_for("refusal", lambda: (s := run_status(cluster, name, namespace)).get("phase") == "Failed" and s)
+    plan_fits = next(c for c in status["conditions"] if c["type"] == "PlanFits")
+    assert plan_fits["status"] == "False" and plan_fits["reason"] == "PlanRefused"
+    assert "rtx4090" in plan_fits["message"]
+    assert get(cluster, "pytorchjob", name, namespace) is None
