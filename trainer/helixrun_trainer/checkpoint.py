@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 
 from helixrun_trainer.distributed import DistEnv, barrier
+from helixrun_trainer.faults import pause_point
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class CheckpointManager:
             files[SHARED] = durable_torch_save(shared_state, tmp / SHARED)
         name = rank_file(self.env.rank)
         files[name] = durable_torch_save(part, tmp / name)
-        _test_pause(self.root, step, "parts")
+        pause_point(self.root, step, "parts", self.env.rank)
         durable_text(tmp / f"rank-{self.env.rank:05d}.done", json.dumps(files))
         barrier(self.env)
         if self.env.is_main:
@@ -344,7 +345,7 @@ class CheckpointManager:
         durable_text(tmp / MANIFEST, text)
         durable_text(tmp / COMPLETE, hashlib.sha256(text.encode()).hexdigest())
         fsync_dir(tmp)
-        _test_pause(self.root, step, "commit")
+        pause_point(self.root, step, "commit", self.env.rank)
         final = self.root / step_dir_name(step)
         if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
             remove_checkpoint(final)
@@ -381,12 +382,3 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
-
-
-def _test_pause(root: Path, step: int, phase: str) -> None:
-    """Test hook: HELIXRUN_TEST_PAUSE_IN_SAVE=<step>:<phase> announces itself and blocks, for a SIGKILL."""
-    want = os.environ.get("HELIXRUN_TEST_PAUSE_IN_SAVE")
-    if want and want == f"{step}:{phase}":
-        (root / f"PAUSED-{step}-{phase}").write_text(str(os.getpid()))
-        while True:
-            time.sleep(3600)

@@ -29,6 +29,7 @@ from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
 from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
 from helixrun_trainer.data import BatchOrder, StepBatches, eval_batches, mix_seed, to_device
+from helixrun_trainer.faults import pause_point
 from helixrun_trainer.errors import EXIT_OK, ConfigError
 from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
 from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kwargs
@@ -156,6 +157,8 @@ class Trainer:
                                        cuda=env.device.type == "cuda")
         self.prom.info(recipe=spec.recipe, pool=cfg.pool.name, method=self.plan.method, precision=self.precision.name)
         self.prom.set("helixrun_train_total_steps", self.total_steps)
+        for name in (ev.metrics if ev and ev.metrics else []):  # NaN until the first evaluation
+            self.prom.set("helixrun_eval_metric", float("nan"), metric=f"eval_{name}")
         self.resumed_from = 0
 
     # -- checkpoint round trip ------------------------------------------------
@@ -307,6 +310,7 @@ class Trainer:
                 if logged:
                     self.records.write(record)
                 progress.update(record, logged)
+                pause_point(self.checkpoints.root, step, "after-step", env.rank)
                 stop = distributed.any_rank(env, preempt.requested)
                 if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
                     self.save("preempted" if stop else "periodic")

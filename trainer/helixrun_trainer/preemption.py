@@ -11,6 +11,9 @@ log = logging.getLogger(__name__)
 EXIT_SIGTERM = 143  # 128 + SIGTERM: retryable under the PyTorchJob ExitCode restart policy
 EXIT_SIGINT = 130
 
+# The last signal received by this process (read by faults.pause_point).
+SIGNALLED: int | None = None
+
 
 class Preemption:
     def __init__(self):
@@ -29,6 +32,8 @@ class Preemption:
         if self.signal is None:
             log.warning("received %s: finishing the step in flight, then checkpointing", signal.Signals(signum).name)
         self.signal = signum
+        global SIGNALLED
+        SIGNALLED = signum
 
     def __enter__(self) -> "Preemption":
         for sig in (signal.SIGTERM, signal.SIGINT):
