@@ -161,6 +161,22 @@ ALERTS: tuple[Alert, ...] = (
 )
 
 
+# One line per alert for docs/METRICS.md.
+WHEN = {
+    "HelixrunTrainingStalled": "the step has not changed for `stalledWindow` while steps remain, "
+    "or a trainer target is down (`up == 0`), for `stalledFor`",
+    "HelixrunLossNaN": "the last loss sample of a rank within `lossWindow` is NaN or ±Inf, for `lossNaNFor` "
+    "(still fires after the trainer exits)",
+    "HelixrunLossDiverging": "the mean loss over `divergeShortWindow` exceeds `divergeFactor` × the minimum over "
+    "`divergeLongWindow`, for `divergeFor`",
+    "HelixrunCheckpointOverdue": "the last checkpoint is older than `checkpointMissedIntervals` × "
+    "`checkpointIntervalSeconds` while steps remain, for `checkpointFor`",
+    "HelixrunRestartsLooping": "the operator observed ≥ `restartsThreshold` gang restarts in `restartsWindow`",
+    "HelixrunGPUMemoryNearLimit": "a run's GPU uses more than `gpuMemoryRatio` of its framebuffer (DCGM), "
+    "for `gpuMemoryFor`",
+}
+
+
 def _fill(text: str, values: dict) -> str:
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
