@@ -191,7 +191,6 @@ CATALOG: dict[str, Architecture] = {
         Architecture(
             "metagene-ai/METAGENE-1", "METAGENE-1 7B", "llama", layers=32, hidden=4096, heads=32, ffn=11008,
             vocab=1024, max_positions=512, storage_dtype="fp32",
-            notes=("published weights are fp32 (25.9 GB): load with torch_dtype=bfloat16 or the weights double",),
         ),
         Architecture(
             "lmsys/vicuna-13b-v1.5", "Vicuna-13B v1.5", "llama", layers=40, hidden=5120, heads=40, ffn=13824,
@@ -238,16 +237,16 @@ def lookup(hf_id: str) -> Architecture:
 
 # -- what a recipe puts on the GPU ---------------------------------------------
 
-Role = Literal["train", "lora", "frozen", "frozen-nograd"]
+Role = Literal["train", "train-half", "lora", "frozen-nograd"]
 
 
 @dataclass(frozen=True)
 class Component:
     """One model a recipe runs on the training GPU, and how it is trained.
 
-    train: every weight trained. lora: frozen base + adapters (gradients flow
-    through it). frozen: weights frozen but gradients flow through (none here).
-    frozen-nograd: forward under no_grad (encoders): weights + transient memory only.
+    train: every weight trained (AMP: fp32 weights, half autocast); train-half:
+    every weight trained, module in half precision (ZeRO); lora: frozen half base
+    + adapters (gradients flow through it); frozen-nograd: forward under no_grad (encoders): weights + transient memory only.
     """
 
     arch: Architecture
@@ -255,8 +254,14 @@ class Component:
     head: str = "none"
     # Tokens this component sees per sample (GeneChat's LLM sees windows + text).
     tokens_per_sample: int = 0
+    # Longest sequence attention runs over (GeneChat's encoder: one window); 0 = tokens_per_sample.
+    attention_span: int = 0
     extra_trainable: int = 0  # params trained beside it (adapter, classifier head), fp32
     extra_trainable_tensors: int = 0
+
+    @property
+    def span(self) -> int:
+        return self.attention_span or self.tokens_per_sample
 
 
 @dataclass(frozen=True)
@@ -292,7 +297,7 @@ def compose(spec) -> Composition:
         return Composition(
             recipe,
             (
-                Component(encoder, "frozen-nograd", tokens_per_sample=windows * window_tokens),
+                Component(encoder, "frozen-nograd", tokens_per_sample=windows * window_tokens, attention_span=window_tokens),
                 Component(
                     llm, method_role, head="lm", tokens_per_sample=windows + seq + prompt,
                     extra_trainable=adapter if train_adapter else 0, extra_trainable_tensors=2 if train_adapter else 0,

@@ -26,6 +26,11 @@ class MemoryEstimate(BaseModel):
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
 
+    @property
+    def allocated(self) -> float:
+        """What `torch.cuda.max_memory_allocated` should report: everything but context and fragmentation."""
+        return self.weights + self.gradients + self.optimizer + self.activations
+
 
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -56,6 +61,17 @@ class Plan(BaseModel):
     checkpoint_bytes: int = 0
     checkpoint_save_seconds: float = 0.0
     grace_period_seconds: int = 60
+    # Added by the planner issue: what the estimate rests on.
+    load_dtype: Literal["bf16", "fp16", "fp32", "nf4"] = "bf16"
+    total_params: int = 0
+    trainable_params: int = 0
+    effective_global_batch: int = 0
+    tokens_per_step: int = 0
+    flops_per_token: float = 0.0
+    mfu: float | None = None
+    async_checkpoint: bool = False
+    zero_bucket_elements: int | None = None
+    host_memory_gib: float = 0.0
     notes: list[str] = Field(default_factory=list)
     # Set when fits is False: why, and the ways out.
     refusal: str | None = None

@@ -1,0 +1,92 @@
+"""Step time, ETA, cost, checkpoint size and save time: the numbers shown before a run starts.
+
+Assumptions (stated once, used everywhere):
+- Throughput is the pool's dense peak TFLOPS (bf16/fp16 tensor cores) times an
+  assumed model FLOPs utilisation (MFU, PaLM definition as torchtitan uses it).
+  torchtitan measures 56.8 % on A100 (Llama 3 8B, FSDP2) and 33–39 % on H100;
+  we assume 40 % for billion-parameter transformers, 35 % for 100M–1B, 20 % for
+  smaller models and for Mamba (the selective scan is not a matmul). QLoRA
+  dequantises every weight every pass: x0.7. fp32 runs at half the peak with
+  TF32, an eighth without.
+- FLOPs per token: 6·N for full training, 4·N with a frozen base (LoRA: forward
+  2N + input gradients 2N, adapters negligible), +2·N with gradient checkpointing
+  (forward recomputed), 2·N for a no-grad encoder, plus attention 12·L·h·s
+  (half of it when causal) scaled the same way. N excludes input embeddings
+  (a lookup, not a matmul).
+- CPU offload adds the CPU optimizer (1e9 params/s per rank) and PCIe traffic
+  (half gradients down, half weights up at 12 GB/s) to every optimizer step.
+- Checkpoints are written at 500 MB/s (a network PVC: provisioned gp3, Ceph
+  RBD); the pod's grace period is the save time x1.5 + 15 s, at least 60 s.
+"""
+
+from __future__ import annotations
+
+import math
+
+MFU_LARGE = 0.40
+MFU_MEDIUM = 0.35
+MFU_SMALL = 0.20
+QLORA_MFU_FACTOR = 0.7
+CPU_ADAM_PARAMS_PER_S = 1e9
+PCIE_BYTES_PER_S = 12e9
+CHECKPOINT_WRITE_BYTES_PER_S = 500e6
+GRACE_MIN_SECONDS = 60
+GRACE_FIXED_SECONDS = 15
+TORCHRUN_SIGKILL_SECONDS = 30
+
+
+def assumed_mfu(family: str, params: int, method: str) -> float:
+    if family == "mamba-bi":
+        mfu = MFU_SMALL
+    elif params >= 1e9:
+        mfu = MFU_LARGE
+    elif params >= 1e8:
+        mfu = MFU_MEDIUM
+    else:
+        mfu = MFU_SMALL
+    return mfu * (QLORA_MFU_FACTOR if method == "qlora" else 1.0)
+
+
+def effective_tflops(peak_tflops: float, precision: str, tf32: bool) -> float:
+    if precision == "fp32":
+        return peak_tflops * (0.5 if tf32 else 0.125)
+    return peak_tflops
+
+
+def training_flops_per_token(
+    matmul_params: int, layers: int, hidden: int, seq_len: int, *, frozen_base: bool, checkpointing: bool, causal: bool
+) -> float:
+    """Model FLOPs per token for one trained stack (forward + backward, + recompute)."""
+    passes = 4 if frozen_base else 6  # 2 forward + 2 input-grad (+ 2 weight-grad when trained)
+    if checkpointing:
+        passes += 2
+    attention = 2 * layers * hidden * seq_len * (0.5 if causal else 1.0)  # QK^T and PV, forward, per token
+    return passes * matmul_params + passes * attention
+
+
+def forward_flops_per_token(matmul_params: int, layers: int, hidden: int, seq_len: int) -> float:
+    return 2 * matmul_params + 2 * layers * hidden * seq_len
+
+
+def offload_seconds_per_step(trainable_params_per_rank: float) -> float:
+    return trainable_params_per_rank / CPU_ADAM_PARAMS_PER_S + 4 * trainable_params_per_rank / PCIE_BYTES_PER_S
+
+
+def checkpoint_save_seconds(checkpoint_bytes: int) -> float:
+    return checkpoint_bytes / CHECKPOINT_WRITE_BYTES_PER_S
+
+
+def grace_period_seconds(save_seconds: float) -> int:
+    return max(GRACE_MIN_SECONDS, math.ceil(save_seconds * 1.5 + GRACE_FIXED_SECONDS))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
