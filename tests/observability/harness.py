@@ -1,0 +1,196 @@
+"""Processes the observability tests run for real: Prometheus (Debian's binary),
+local trainers (helixrun-train --local --tiny) and the operator's metrics server.
+
+Every wait polls with a bound on both attempts and time; nothing sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+EXAMPLE = REPO / "examples" / "run-esm2.yaml"
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(what: str, check: Callable[[], object], timeout: float = 60.0, interval: float = 0.25,
+         on_timeout: Callable[[], str] | None = None):
+    """Call check() until it returns something truthy; fail after `timeout` seconds (bounded attempts too)."""
+    deadline = time.monotonic() + timeout
+    attempts = int(timeout / interval) + 1
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    extra = on_timeout() if on_timeout else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error}) {extra}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus") or (os.path.exists("/usr/bin/prometheus") and "/usr/bin/prometheus") or None
+
+
+def promtool_binary() -> str | None:
+    return shutil.which("promtool") or (os.path.exists("/usr/bin/promtool") and "/usr/bin/promtool") or None
+
+
+class Process:
+    """A child process with its log file; stop() is idempotent and bounded."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None, cwd: Path = REPO):
+        self.name, self.log_path = name, log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return f"\n--- {self.name} log (last {n} lines) ---\n" + "\n".join(lines[-n:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a SIGSTOPped process cannot act on SIGTERM
+                self.proc.terminate()
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+# -- Prometheus ----------------------------------------------------------------
+
+
+class Prometheus(Process):
+    def __init__(self, workdir: Path, scrape_configs: list[dict], rules: dict | None = None):
+        binary = prometheus_binary()
+        assert binary, "prometheus is not installed (apt-get install prometheus)"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config: dict = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+            "scrape_configs": scrape_configs,
+        }
+        if rules is not None:
+            (workdir / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+            config["rule_files"] = [str(workdir / "rules.yaml")]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        super().__init__("prometheus", [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ], workdir / "prometheus.log")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready():
+            assert self.alive(), "prometheus exited" + self.tail()
+            return http_get(f"{self.url}/-/ready").strip().lower().startswith(b"prometheus")
+
+        poll("Prometheus /-/ready", ready, timeout, on_timeout=self.tail)
+
+    def api(self, path: str, **params) -> dict:
+        query = urllib.parse.urlencode(params, doseq=True)
+        try:
+            body = http_get(f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""), timeout=10)
+        except urllib.error.HTTPError as exc:  # 400/422: a query that does not parse or evaluate
+            body = exc.read()
+        return json.loads(body)
+
+    def query(self, expr: str) -> dict:
+        return self.api("query", query=expr)
+
+    def targets_up(self, jobs: set[str]) -> bool:
+        active = self.api("targets", state="active")["data"]["activeTargets"]
+        up = {t["labels"]["job"] for t in active if t["health"] == "up"}
+        return jobs <= up
+
+    def alerts(self) -> list[dict]:
+        return self.api("alerts")["data"]["alerts"]
+
+    def firing(self, name: str, **labels) -> list[dict]:
+        return [a for a in self.alerts() if a["labels"].get("alertname") == name and a["state"] == "firing"
+                and all(a["labels"].get(k) == v for k, v in labels.items())]
+
+
+# -- trainers and the operator's metrics server ------------------------------------
+
+
+def example_copy(tmp: Path, name: str, drop_keep_best: bool = False) -> Path:
+    """The ESM-2 example under another run name (runs are told apart by the `run` label)."""
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"]["name"] = name
+    if drop_keep_best:
+        obj["spec"].get("checkpointing", {}).pop("keepBest", None)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+def start_trainer(tmp: Path, name: str, port: int, sets: list[str], drop_keep_best: bool = False) -> Process:
+    """A tiny CPU run that keeps training (a huge maxSteps) and serves its metrics on `port`."""
+    example = example_copy(tmp, name, drop_keep_best)
+    argv = [str(VENV_BIN / "helixrun-train"), "--local", "-f", str(example), "--workdir", str(tmp / name), "--tiny",
+            "--metrics-port", str(port), "--set", "training.maxSteps=1000000"]
+    for assignment in sets:
+        argv += ["--set", assignment]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HELIXRUN_LOG_LEVEL": "WARNING"}
+    return Process(f"trainer {name}", argv, tmp / f"{name}.log", env=env)
+
+
+STANDIN = Path(__file__).with_name("operator_standin.py")
+
+
+def start_operator_metrics(tmp: Path, port: int, runs: list[tuple[str, str, str, str, int]],
+                           restarts: list[tuple[str, str]], refused: list[str]) -> Process:
+    spec = json.dumps({"runs": runs, "restarts": restarts, "refused": refused})
+    return Process("operator metrics", [sys.executable, str(STANDIN), "--port", str(port), "--spec", spec],
+                   tmp / "operator-metrics.log")

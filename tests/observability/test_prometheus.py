@@ -1,0 +1,225 @@
+"""A real Prometheus scrapes live local trainers and the operator's metrics server;
+every dashboard query and alert expression goes through its HTTP API, and the
+stall and NaN alerts fire.
+
+Needs Debian's `prometheus` (apt-get install prometheus); no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helixrun.metrics_contract import OPERATOR_METRICS, TRAINER_METRICS
+from helixrun.telemetry import alerts, dashboards, dcgm
+from helixrun.telemetry.promql import exposition_names, metric_names
+
+from .harness import Prometheus, http_get, poll, prometheus_binary, start_operator_metrics, start_trainer
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(prometheus_binary() is None and not os.environ.get("CI"),
+                       reason="prometheus is not installed (apt-get install prometheus); CI fails instead"),
+]
+
+RUN, NAN_RUN, NAMESPACE, POOL = "obs-run", "obs-nan", "default", "a800"
+
+# Alert windows of seconds: the same rules as the chart's, other parameter values.
+TEST_RULES = {
+    "stalledWindow": "10s", "stalledFor": "2s",
+    "lossWindow": "30s", "lossNaNFor": "1s",
+    "divergeShortWindow": "10s", "divergeLongWindow": "30s", "divergeFor": "2s",
+    "checkpointIntervalSeconds": 5, "checkpointMissedIntervals": 2, "checkpointFor": "2s",
+    "restartsWindow": "1m", "restartsThreshold": 1, "restartsFor": "1s",
+    "gpuMemoryFor": "2s",
+}
+# What Grafana would put in for its built-in variables at a 1 s scrape interval.
+BUILTINS = {"__rate_interval": "5s", "__range": "1m", "__interval": "1s"}
+
+NOT_ON_CPU = set(dcgm.DCGM_METRICS).union(*(exposition_names(m) for m in TRAINER_METRICS if m.cuda_only))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("observability")
+    processes = []
+    try:
+        ports = {"op": 0, "run": 0, "nan": 0}
+        from .harness import free_port
+
+        ports = {k: free_port() for k in ports}
+        operator = start_operator_metrics(
+            tmp, ports["op"],
+            runs=[(NAMESPACE, RUN, "Running", POOL, 1), (NAMESPACE, NAN_RUN, "Running", POOL, 1),
+                  (NAMESPACE, "old-run", "Failed", "rtx4090", 2)],
+            restarts=[(NAMESPACE, RUN)], refused=["rtx3080"])
+        processes.append(operator)
+        trainer = start_trainer(tmp, RUN, ports["run"],
+                                ["checkpointing.everySteps=40", "evaluation.everySteps=40"])
+        processes.append(trainer)
+        nan_trainer = start_trainer(tmp, NAN_RUN, ports["nan"],
+                                    ["training.optimizer.lr=1e30", "checkpointing.everySteps=100000",
+                                     "evaluation.everySteps=100000"], drop_keep_best=True)
+        processes.append(nan_trainer)
+        trainer_target = lambda port, run: {"targets": [f"127.0.0.1:{port}"], "labels": {"run": run, "namespace": NAMESPACE}}
+        prom = Prometheus(tmp / "prometheus", [
+            # As the chart's PodMonitor: trainer labels win, `run` is a target label.
+            {"job_name": "helixrun-trainers", "honor_labels": True,
+             "static_configs": [trainer_target(ports["run"], RUN), trainer_target(ports["nan"], NAN_RUN)]},
+            # As the chart's ServiceMonitor.
+            {"job_name": "helixrun-operator", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{ports['op']}"]}]},
+        ], rules=alerts.rules_file(TEST_RULES))
+        processes.append(prom)
+        prom.wait_ready()
+
+        def diagnostics() -> str:
+            return "".join(p.tail() for p in processes)
+
+        poll("every target up", lambda: all(p.alive() for p in processes[:3]) and
+             prom.targets_up({"helixrun-trainers", "helixrun-operator"}) and
+             len([t for t in prom.api("targets")["data"]["activeTargets"] if t["health"] == "up"]) == 3,
+             timeout=90, on_timeout=diagnostics)
+        # Data for every panel: an evaluation, a checkpoint, and enough samples for rate windows.
+        for what, expr in [
+            ("an evaluation", f'helixrun_eval_metric{{run="{RUN}"}}'),
+            ("a checkpoint", f'helixrun_checkpoint_last_step{{run="{RUN}"}} > 0'),
+            ("6 scrapes", f'count_over_time(helixrun_train_step{{run="{RUN}"}}[1m]) >= 6'),
+            ("operator samples", 'count_over_time(helixrun_operator_runs{phase="Running"}[1m]) >= 3'),
+        ]:
+            poll(what, lambda: prom.query(expr)["data"]["result"], timeout=90, on_timeout=diagnostics)
+        yield {"prom": prom, "trainer": trainer, "nan_trainer": nan_trainer, "operator": operator,
+               "ports": ports, "diagnostics": diagnostics}
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def _substitute(expr: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), expr)
+
+
+def _variables(prom: Prometheus, board: dict, choices: dict[str, str]) -> dict[str, str]:
+    """Resolve the dashboard's query variables through Prometheus, as Grafana would."""
+    values = dict(BUILTINS)
+    for var in board["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        query = _substitute(var["query"], values)
+        match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
+        assert match, f"variable ${var['name']}: unexpected query {query!r}"
+        found = prom.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
+        assert found["status"] == "success", f"variable ${var['name']}: {query}: {found}"
+        assert found["data"], f"variable ${var['name']}: {query} offers no values"
+        if var.get("includeAll"):
+            values[var["name"]] = var.get("allValue") or ".*"
+        else:
+            wanted = choices.get(var["name"], found["data"][0])
+            assert wanted in found["data"], f"variable ${var['name']} offers {found['data']}, not {wanted!r}"
+            values[var["name"]] = wanted
+    return values
+
+
+def _dashboard(filename: str) -> dict:
+    return json.loads((dashboards.CHART_DIR / dashboards.DASHBOARD_DIR / filename).read_text())
+
+
+@pytest.mark.parametrize("filename", sorted(dashboards.DASHBOARDS))
+def test_every_dashboard_query_parses_and_returns_data(stack, filename):
+    prom = stack["prom"]
+    board = _dashboard(filename)
+    values = _variables(prom, board, {"namespace": NAMESPACE, "run": RUN})
+    problems, checked = [], 0
+    for title, expr in dashboards.panel_queries(board):
+        query = _substitute(expr, values)
+        assert "$" not in query, f"{title}: unresolved variable in {query}"
+        answer = prom.query(query)
+        checked += 1
+        if answer.get("status") != "success":
+            problems.append(f"{title}: {query}\n  does not evaluate: {answer.get('error')}")
+            continue
+        if not answer["data"]["result"] and not (metric_names(expr) & NOT_ON_CPU):
+            problems.append(f"{title}: {query}\n  returns no data")
+    assert checked >= 10, f"{filename}: only {checked} queries found"
+    assert not problems, f"{filename}:\n" + "\n".join(problems) + stack["diagnostics"]()
+
+
+def _exposed(port: int) -> set[str]:
+    text = http_get(f"http://127.0.0.1:{port}/metrics").decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_dashboards_and_alerts_name_only_metrics_the_processes_export(stack):
+    trainer_exposed = _exposed(stack["ports"]["run"])
+    operator_exposed = _exposed(stack["ports"]["op"])
+    trainer_names = set().union(*(exposition_names(m) for m in TRAINER_METRICS))
+    operator_names = set().union(*(exposition_names(m) for m in OPERATOR_METRICS))
+    exprs = [(f"{f}: {t}", e) for f in dashboards.DASHBOARDS for t, e in dashboards.panel_queries(_dashboard(f))]
+    exprs += [(r["alert"], r["expr"]) for r in alerts.rules_file()["groups"][0]["rules"]]
+    problems = []
+    for where, expr in exprs:
+        for name in metric_names(expr) - set(dcgm.DCGM_METRICS) - {"up"}:
+            if name not in trainer_names | operator_names:
+                problems.append(f"{where}: {name} is not in the metrics contract")
+            elif name in trainer_names and name not in trainer_exposed and name not in NOT_ON_CPU:
+                problems.append(f"{where}: {name} is not exported by the live trainer")
+            elif name in operator_names and name not in operator_exposed:
+                problems.append(f"{where}: {name} is not exported by the operator's metrics server")
+    assert not problems, "\n".join(problems)
+    # And the other way round: every documented CPU series is exported (the contract is not aspirational).
+    missing = {n for n in trainer_names - NOT_ON_CPU if n not in trainer_exposed}
+    assert not missing, f"the trainer does not export {sorted(missing)}"
+    assert operator_names <= operator_exposed, f"the operator does not export {sorted(operator_names - operator_exposed)}"
+
+
+def test_alert_rules_load_and_every_expression_parses(stack):
+    prom = stack["prom"]
+    rules = alerts.rules_file(TEST_RULES)["groups"][0]["rules"]
+    for rule in rules:
+        answer = prom.query(rule["expr"])
+        assert answer.get("status") == "success", f"{rule['alert']}: {answer.get('error')}\n{rule['expr']}"
+
+    def loaded():
+        groups = prom.api("rules")["data"]["groups"]
+        return {r["name"]: r for g in groups for r in g["rules"] if r.get("lastEvaluation", "").startswith("20")}
+
+    found = poll("rules evaluated", lambda: len(loaded()) == len(rules) and loaded(), timeout=30)
+    unhealthy = {name: r.get("lastError") for name, r in found.items() if r["health"] != "ok"}
+    assert not unhealthy, f"rules failing to evaluate: {unhealthy}"
+    assert set(found) == {a.name for a in alerts.ALERTS}
+    # The healthy run is not reported as stalled or NaN.
+    assert not stack["prom"].firing("HelixrunTrainingStalled", run=RUN)
+    assert not stack["prom"].firing("HelixrunLossNaN", run=RUN)
+
+
+def test_nan_loss_fires_HelixrunLossNaN(stack):
+    prom = stack["prom"]
+    poll("the NaN run to export a NaN loss",
+         lambda: prom.query(f'helixrun_train_loss{{run="{NAN_RUN}"}} != helixrun_train_loss{{run="{NAN_RUN}"}}')["data"]["result"],
+         timeout=60, on_timeout=stack["diagnostics"])
+    firing = poll("HelixrunLossNaN firing for the NaN run", lambda: prom.firing("HelixrunLossNaN", run=NAN_RUN),
+                  timeout=60, on_timeout=stack["diagnostics"])
+    assert firing[0]["labels"]["severity"] == "critical"
+    assert firing[0]["labels"]["namespace"] == NAMESPACE
+    assert NAN_RUN in firing[0]["annotations"]["summary"]
+    assert not prom.firing("HelixrunLossNaN", run=RUN), "the healthy run is reported NaN"
+
+
+def test_stopped_trainer_fires_HelixrunTrainingStalled(stack):
+    prom, trainer = stack["prom"], stack["trainer"]
+    assert not prom.firing("HelixrunTrainingStalled", run=RUN)
+    os.kill(trainer.pid, signal.SIGSTOP)  # frozen: no steps, no scrapes answered
+    try:
+        firing = poll("HelixrunTrainingStalled firing for the stopped run",
+                      lambda: prom.firing("HelixrunTrainingStalled", run=RUN), timeout=60,
+                      on_timeout=stack["diagnostics"])
+        assert firing[0]["labels"]["namespace"] == NAMESPACE
+        assert "no step progress" in firing[0]["annotations"]["summary"]
+    finally:
+        os.kill(trainer.pid, signal.SIGCONT)
