@@ -8,7 +8,7 @@ import signal
 import time
 import urllib.request
 
-from conftest import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
+from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
 
 from helixrun.metrics_contract import TRAINER_METRICS
 
