@@ -26,7 +26,7 @@ export GOWORK=off GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="-mod=readonly -bu
 export CGO_ENABLED=0
 
 # Bump when the recipe below changes in a way that must invalidate old builds.
-recipe="v1 trimpath ldflags=-s-w cgo0 helm=${HELIXRUN_BUILD_HELM:-1}"
+recipe="v2 trimpath ldflags=-s-w+versions cgo0 helm=${HELIXRUN_BUILD_HELM:-1}"
 
 # Binaries expected in the bin dir (name in bin dir).
 bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl training-operator)
@@ -98,15 +98,30 @@ trap 'rm -rf "$tmp"' EXIT
 
 start=$(date +%s)
 echo "build.sh: building control-plane binaries into $bindir (go build -p $p)" >&2
+modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
 (
   cd "$tools"
+  # Stamp the Kubernetes version (as the upstream release build does), else
+  # every binary reports v0.0.0-master and version-gated clients (helm
+  # kubeVersion, kubectl skew checks) misbehave. Versions come from go.mod.
+  kv="$(modver "$tools" k8s.io/kubernetes)"   # v1.36.3
+  mm="${kv#v}"; major="${mm%%.*}"; minor="${mm#*.}"; minor="${minor%%.*}"
+  cb=k8s.io/component-base/version
+  ld="-s -w -X $cb.gitVersion=$kv -X $cb.gitMajor=$major -X $cb.gitMinor=$minor -X $cb.gitTreeState=clean"
   # `tool` = every tool directive of go.mod: k8s, etcd, kwok, training-operator.
-  go build -p "$p" -trimpath -ldflags="-s -w" -o "$tmp/" tool
+  go build -p "$p" -trimpath -ldflags="$ld" -o "$tmp/" tool
 )
 if [[ "${HELIXRUN_BUILD_HELM:-1}" != 0 ]]; then
   (
     cd "$tools/helm"
-    go build -p "$p" -trimpath -ldflags="-s -w" -o "$tmp/" tool
+    hv="$(modver "$tools/helm" helm.sh/helm/v3)"
+    cg="$(modver "$tools/helm" k8s.io/client-go)"   # v0.37.x -> Kubernetes 1.37
+    cmin="${cg#v0.}"; cmin="${cmin%%.*}"
+    ld="-s -w -X helm.sh/helm/v3/internal/version.version=$hv -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+      ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$cmin"
+    done
+    go build -p "$p" -trimpath -ldflags="$ld" -o "$tmp/" tool
   )
 fi
 # go names a binary after the last path element that is not a major version:

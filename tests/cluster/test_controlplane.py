@@ -284,15 +284,22 @@ def test_failed_startup_cleans_up(cluster, tmp_path):
         os.symlink(os.path.join(cluster.bin_dir, f), bins / f)
     (bins / "kube-controller-manager").unlink()
     # A component that leaves a child behind in its process group, then dies.
-    (bins / "kube-controller-manager").write_text("#!/bin/sh\nsleep 600 &\necho boom >&2\nexit 3\n")
+    pidfile = tmp_path / "orphan.pid"
+    (bins / "kube-controller-manager").write_text(
+        f"#!/bin/sh\nsh -c 'sleep 600; true' orphan-{tmp_path.name} &\necho $! > {pidfile}\necho boom >&2\nexit 3\n"
+    )
     (bins / "kube-controller-manager").chmod(0o755)
     cp = ControlPlane(state_dir=tmp_path / "cp", bin_dir=str(bins), keep_state=True)
     with pytest.raises(ClusterError, match="kube-controller-manager exited"):
         cp.start()
-    pids = [p.pid for p in cp.procs] or []
-    assert _leftovers(tmp_path / "cp", pids) == []
-    out = subprocess.run(["pgrep", "-a", "-f", "sleep 600"], capture_output=True, text=True).stdout
-    assert str(tmp_path) not in out
+    pids = [p.pid for p in cp.procs]
+    assert [p.name for p in cp.procs][:3] == ["etcd", "kube-apiserver", "kube-controller-manager"]
+    orphan = int(pidfile.read_text())
+    assert _leftovers(tmp_path / "cp", pids + [orphan]) == []
+    out = subprocess.run(["pgrep", "-a", "-f", f"orphan-{tmp_path.name}"], capture_output=True, text=True).stdout
+    assert out.strip() == ""
+    # Logs are kept for debugging a failed start.
+    assert (tmp_path / "cp" / "logs" / "kube-apiserver.log").exists()
 
 
 # --------------------------------------------------------------------------
