@@ -682,6 +682,10 @@ class ControlPlane:
             args += ["--server-side", "--force-conflicts", "--field-manager=helixrun-tests"]
         return self.kubectl(*args, input=data, check=check)
 
+    def terminate_pod(self, namespace: str, pod: str, exit_code: int) -> None:
+        """Make kwok terminate a Running pod's containers with ``exit_code`` (see exit_code_stage)."""
+        self.kubectl("annotate", "--overwrite", "pod", pod, "-n", namespace, f"{EXIT_CODE_ANNOTATION}={int(exit_code)}")
+
     def get_json(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 

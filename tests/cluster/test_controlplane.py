@@ -52,7 +52,8 @@ def wait_for(what, fn, timeout=60.0, interval=0.25):
 
 @pytest.fixture(scope="module")
 def api(cluster):
-    kubernetes = pytest.importorskip("kubernetes")
+    import kubernetes  # pinned test dependency: kubernetes==37.0.2
+
     return kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
 
 
