@@ -233,6 +233,13 @@ def _pgid_members(pgid: int) -> list[int]:
     return out
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_openssl(args: Sequence[str], cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -564,6 +571,7 @@ class ControlPlane:
         keep_state: bool | None = None,
         startup_timeout: float = 180.0,
         verbosity: int = 1,
+        die_with_parent: bool = False,
     ):
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="helixrun-cluster-")).resolve()
@@ -573,6 +581,9 @@ class ControlPlane:
         self.keep_state = (not self._own_state_dir) if keep_state is None else keep_state
         self.startup_timeout = startup_timeout
         self.verbosity = verbosity
+        # Children get SIGKILL when this process dies (PR_SET_PDEATHSIG), e.g. a
+        # pytest run killed by a CI timeout. Off for the CLI, whose `up` exits.
+        self.die_with_parent = die_with_parent
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
         self.server: str | None = None
@@ -741,6 +752,7 @@ class ControlPlane:
                 start_new_session=True,  # own process group + session: killpg-able, detached
                 env=env if env is not None else self._child_env(),
                 cwd=self.state_dir,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         p = Proc(name, popen.pid, _proc_start_time(popen.pid), str(log), popen)
         self.procs.append(p)

@@ -50,7 +50,7 @@ def make_cluster(mode: str | None = None):
     if mode != "local":
         raise ClusterError(f"unknown HELIXRUN_TEST_CLUSTER={mode!r} (local | existing | kind)")
     bin_dir = bin_dir_for_build(build=os.environ.get("HELIXRUN_CLUSTER_NO_BUILD") != "1")
-    return ControlPlane(bin_dir=bin_dir).start(), True
+    return ControlPlane(bin_dir=bin_dir, die_with_parent=True).start(), True
 
 
 @pytest.fixture(scope="session")

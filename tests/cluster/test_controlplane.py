@@ -303,6 +303,35 @@ def test_failed_startup_cleans_up(cluster, tmp_path):
     assert (tmp_path / "cp" / "logs" / "kube-apiserver.log").exists()
 
 
+@pytest.mark.cluster
+def test_children_die_with_a_killed_owner(cluster, tmp_path):
+    """A pytest process killed by SIGKILL (CI timeout) leaves no control plane behind."""
+    if not isinstance(cluster, ControlPlane):
+        pytest.skip("local control plane only")
+    state = tmp_path / "cp"
+    code = (
+        "import sys, time\n"
+        "from tests.cluster.controlplane import ControlPlane\n"
+        f"cp = ControlPlane(state_dir={str(state)!r}, bin_dir={cluster.bin_dir!r}, die_with_parent=True).start()\n"
+        "print('UP', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    owner = subprocess.Popen(
+        [os.environ.get("PYTHON", __import__("sys").executable), "-c", code],
+        cwd=root, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert owner.stdout.readline().strip() == "UP"
+        pids = [p["pid"] for p in json.loads((state / "state.json").read_text())["procs"]]
+        assert len(pids) == 6
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_for("children to die", lambda: _leftovers(state, pids) == [], 30)
+
+
 # --------------------------------------------------------------------------
 # unit tests (no cluster)
 
