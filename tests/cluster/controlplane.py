@@ -622,7 +622,10 @@ class ControlPlane:
             self._start()
         except BaseException as e:
             logs = self.logs_dir
-            self.stop(keep_state=True)
+            try:
+                self.stop(keep_state=True)
+            except ClusterError as stop_err:
+                raise ClusterError(f"startup failed ({e}) and cleanup failed: {stop_err}") from e
             if isinstance(e, ClusterError):
                 raise ClusterError(f"{e}\n(component logs in {logs})") from e
             raise
@@ -771,6 +774,10 @@ class ControlPlane:
                     tail = Path(p.log).read_text(errors="replace")[-3000:]
                 raise ClusterError(f"{p.name} exited during startup; log tail:\n{tail}")
 
+    def _t(self, seconds: float) -> float:
+        """A phase timeout, scaled by startup_timeout (default 180 s = scale 1)."""
+        return seconds * self.startup_timeout / 180.0
+
     def _phase(self, name: str, t0: float) -> None:
         self.timings[name] = round(time.monotonic() - t0, 2)
 
@@ -908,7 +915,7 @@ class ControlPlane:
             with urllib.request.urlopen(f"{client}/health", timeout=2) as r:
                 return json.loads(r.read()).get("health") == "true"
 
-        wait_until("etcd /health", healthy, 60, alive=self._check_alive)
+        wait_until("etcd /health", healthy, self._t(60), alive=self._check_alive)
 
     def _start_apiserver(self) -> None:
         d = self.state_dir / "pki"
@@ -944,7 +951,7 @@ class ControlPlane:
             code, body = self._https_get(f"{self.server}/readyz")
             return code == 200 and body.strip() == "ok"
 
-        wait_until("kube-apiserver /readyz", ready, 120, alive=self._check_alive)
+        wait_until("kube-apiserver /readyz", ready, self._t(120), alive=self._check_alive)
 
     def _start_kcm_and_scheduler(self) -> None:
         d = self.state_dir / "pki"
@@ -993,7 +1000,7 @@ class ControlPlane:
                 f"{name} /healthz",
                 lambda port=port: self._https_get(f"https://127.0.0.1:{port}/healthz", client_cert=False, verify=False)
                 == (200, "ok"),
-                90,
+                self._t(90),
                 alive=self._check_alive,
             )
 
@@ -1030,7 +1037,7 @@ class ControlPlane:
             }
             return want <= ready
 
-        wait_until("kwok nodes Ready", nodes_ready, 90, alive=self._check_alive)
+        wait_until("kwok nodes Ready", nodes_ready, self._t(90), alive=self._check_alive)
 
     def _start_training_operator(self) -> None:
         manifests = self.share_dir / "training-operator" / "manifests"
@@ -1076,7 +1083,7 @@ class ControlPlane:
             with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/readyz", timeout=2) as r:
                 return r.status == 200
 
-        wait_until("training-operator /readyz", op_ready, 90, alive=self._check_alive)
+        wait_until("training-operator /readyz", op_ready, self._t(90), alive=self._check_alive)
         # End-to-end: the apiserver must reach the webhook and get a denial.
         bad = pytorchjob("helixrun-webhook-probe", master=2, workers=1)
 
@@ -1088,7 +1095,7 @@ class ControlPlane:
                 return True
             raise ClusterError(r.stderr.strip())
 
-        wait_until("training-operator webhook to deny an invalid PyTorchJob", webhook_denies, 60, alive=self._check_alive)
+        wait_until("training-operator webhook to deny an invalid PyTorchJob", webhook_denies, self._t(60), alive=self._check_alive)
 
 
 def running_control_plane(state_dir: str | os.PathLike) -> ControlPlane | None:
