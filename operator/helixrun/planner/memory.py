@@ -60,9 +60,9 @@ class ActivationProfile:
 PROFILES: dict[tuple[str, str], ActivationProfile] = {
     ("llama", "train"): ActivationProfile(34, 8, 4, 6, 40, FP32, "measured: tiny LlamaForCausalLM, fp32 weights, bf16 autocast"),
     # Frozen base: the adapters' share is added per targeted module (lora_module_bytes).
-    ("llama", "lora"): ActivationProfile(20, 6, 4, 6, 72, HALF, "measured: tiny Llama, bf16 base, LoRA q/v"),
+    ("llama", "lora"): ActivationProfile(16, 6, 4, 6, 72, HALF, "measured: tiny Llama, bf16 base, LoRA q/v"),
     ("esm", "train"): ActivationProfile(30, 8, 4, 6, 16, FP32, "measured (eager): tiny EsmForMaskedLM, fp32 weights, bf16 autocast"),
-    ("esm", "lora"): ActivationProfile(20, 6, 4, 6, 40, HALF, "measured (eager): tiny ESM, bf16 base, LoRA query/value"),
+    ("esm", "lora"): ActivationProfile(14, 6, 4, 6, 40, HALF, "measured (eager): tiny ESM, bf16 base, LoRA query/value"),
     # ZeRO (DeepSpeed bf16/fp16): the module itself is half precision, no autocast.
     ("llama", "train-half"): ActivationProfile(24, 8, 4, 6, 8, HALF, "measured: tiny Llama in bf16, no autocast"),
     ("esm", "train-half"): ActivationProfile(22, 8, 4, 6, 8, HALF, "measured (eager): tiny ESM in bf16, no autocast"),
@@ -81,8 +81,9 @@ def profile(arch: Architecture, role: str) -> ActivationProfile:
 
 
 def lora_module_bytes(arch: Architecture, targets: tuple[str, ...], dropout: float, r: int) -> float:
-    """Per token per layer, what LoRA adds: the adapter input (fp32 cast, then half for the matmul), the dropout mask, A's output."""
-    per_input = 4 if dropout > 0 else 2
+    """Per token per layer, what LoRA adds (measured): with dropout the mask and the fp32 dropped input and
+    its half cast (6 B per input element), without it the half input (2 B); A's output (2 B per rank)."""
+    per_input = 6 if dropout > 0 else 2
     total = 0.0
     for linear in arch.layer_linears():
         if any(linear.name == t or linear.name.endswith("." + t) for t in targets):
@@ -159,9 +160,13 @@ def quantized_weight_bytes(arch: Architecture, head: str) -> float:
     return quantized * NF4_BITS / 8 + (arch.params(head) - quantized) * HALF
 
 
-def trainable_state_bytes(params: int, tensors: int) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer) bytes of fp32 trainable parameters with AdamW."""
-    return params * FP32, params * FP32, params * ADAM_STATE + tensors * ADAM_STEP
+def trainable_state_bytes(params: int, tensors: int, unused: tuple[int, int] = (0, 0)) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes of fp32 trainable parameters with AdamW.
+
+    `unused` parameters (built, never in the loss) get neither a gradient nor optimizer state.
+    """
+    used, used_tensors = params - unused[0], tensors - unused[1]
+    return params * FP32, used * FP32, used * ADAM_STATE + used_tensors * ADAM_STEP
 
 
 def zero2_gpu_bytes(params: int, world: int, offload: bool) -> float:

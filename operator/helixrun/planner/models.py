@@ -156,6 +156,12 @@ class Architecture:
             return 2 * h + h * v + v, 4  # final LayerNorm + decoder Linear(hidden -> vocab)
         raise ValueError(self.family)
 
+    def unused_params(self, head: str = "none") -> tuple[int, int]:
+        """(params, tensors) built but never used in training (no gradient, no optimizer state): ESM's contact head."""
+        if self.family == "esm":
+            return self.layers * self.heads + 1, 2
+        return 0, 0
+
     def params(self, head: str = "none") -> int:
         return self.layers * self.layer_params() + self.outer_params(head)[0]
 
