@@ -1,0 +1,173 @@
+"""The chart installed into the real test control plane (tests/cluster): CRDs
+served, the operator workload up, RBAC doing what the templates say, CRDs kept
+on uninstall. The integration suite installs it the same way (install_chart)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.chart.helm import install_chart, uninstall_chart
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "hxchart"
+NAMESPACE = "helixrun-chart-test"
+OPERATOR_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-helixrun-operator"
+TRAINER_SA = f"system:serviceaccount:{NAMESPACE}:helixrun-trainer"
+
+
+def can_i(cluster, who: str, verb: str, resource: str, namespace: str = NAMESPACE, subresource: str = "") -> bool:
+    args = ["auth", "can-i", verb, resource, "--as", who, "-n", namespace]
+    if subresource:
+        args += ["--subresource", subresource]
+    out = cluster.kubectl(*args, check=False).stdout.strip()
+    return out == "yes"
+
+
+@pytest.fixture(scope="module")
+def release(cluster):
+    objects = install_chart(cluster.kubeconfig, RELEASE, NAMESPACE, {}, wait=True, timeout="3m")
+    yield objects
+    uninstall_chart(cluster.kubeconfig, RELEASE, NAMESPACE)
+
+
+def test_install_serves_the_crds_and_runs_the_operator(cluster, release):
+    crd = cluster.get_json("crd", "trainingruns.helixrun.io")
+    established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert established.get("Established") == "True"
+    assert cluster.kubectl("get", "tr", "-n", NAMESPACE).returncode == 0
+    deployment = cluster.get_json("deployment", f"{RELEASE}-helixrun-operator", "-n", NAMESPACE)
+    assert deployment["status"].get("readyReplicas") == 1
+    pools = cluster.get_json("configmap", f"{RELEASE}-helixrun-pools", "-n", NAMESPACE)
+    assert "a800" in pools["data"]["pools.yaml"]
+
+
+@pytest.mark.parametrize(
+    "verb, resource, subresource, allowed",
+    [
+        ("patch", "trainingruns.helixrun.io", "status", True),
+        ("watch", "trainingruns.helixrun.io", "", True),
+        ("create", "pytorchjobs.kubeflow.org", "", True),
+        ("delete", "pods", "", True),
+        ("create", "persistentvolumeclaims", "", True),
+        ("create", "events.events.k8s.io", "", True),
+        ("create", "pods", "", False),
+        ("get", "secrets", "", False),
+        ("delete", "trainingruns.helixrun.io", "", False),
+        ("create", "trainingruns.helixrun.io", "", False),
+    ],
+)
+def test_operator_rbac_in_the_api_server(cluster, release, verb, resource, subresource, allowed):
+    assert can_i(cluster, OPERATOR_SA, verb, resource, "default", subresource) is allowed
+
+
+@pytest.mark.parametrize(
+    "verb, resource, subresource, allowed",
+    [
+        ("get", "trainingruns.helixrun.io", "", True),
+        ("patch", "trainingruns.helixrun.io", "status", True),
+        ("patch", "trainingruns.helixrun.io", "", False),
+        ("list", "trainingruns.helixrun.io", "", False),
+        ("get", "pods", "", False),
+        ("get", "secrets", "", False),
+    ],
+)
+def test_trainer_rbac_in_the_api_server(cluster, release, verb, resource, subresource, allowed):
+    assert can_i(cluster, TRAINER_SA, verb, resource, NAMESPACE, subresource) is allowed
+    assert not can_i(cluster, TRAINER_SA, "get", "trainingruns.helixrun.io", "default")
+
+
+def test_peering_mode_runs_a_statefulset_with_a_cluster_peering(cluster, release):
+    install_chart(cluster.kubeconfig, RELEASE, NAMESPACE, {"operator": {"replicas": 2}}, wait=True, timeout="3m")
+    try:
+        statefulset = cluster.get_json("statefulset", f"{RELEASE}-helixrun-operator", "-n", NAMESPACE)
+        assert statefulset["status"].get("readyReplicas") == 2
+        assert cluster.get_json("clusterkopfpeering", "helixrun")["metadata"]["name"] == "helixrun"
+        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
+        indexes = sorted(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in pods)
+        assert indexes == ["0", "1"], "distinct ordinals give distinct kopf priorities"
+        assert not cluster.kubectl("get", "deployment", "-n", NAMESPACE, "-o", "name").stdout.strip()
+        assert can_i(cluster, OPERATOR_SA, "patch", "clusterkopfpeerings.kopf.dev")
+    finally:
+        install_chart(cluster.kubeconfig, RELEASE, NAMESPACE, {}, wait=True, timeout="3m")
+
+
+def test_uninstall_keeps_the_crds_and_the_runs(cluster, release):
+    uninstall_chart(cluster.kubeconfig, RELEASE, NAMESPACE)
+    try:
+        crds = json.loads(cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
+        names = {c["metadata"]["name"] for c in crds}
+        assert {"trainingruns.helixrun.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= names
+    finally:
+        install_chart(cluster.kubeconfig, RELEASE, NAMESPACE, {}, wait=True, timeout="3m")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
+    """The operator, authenticated as the chart's ServiceAccount and configured by
+    the chart's env, turns a TrainingRun into its children without one 403."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    token = cluster.kubectl("create", "token", f"{RELEASE}-helixrun-operator", "-n", NAMESPACE,
+                            "--duration=1h").stdout.strip()
+    raw = yaml.safe_load(cluster.kubectl("config", "view", "--raw", "--minify").stdout)
+    server = raw["clusters"][0]["cluster"]
+    kubeconfig = tmp_path / "operator-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "c", "cluster": {"server": server["server"],
+                                                "certificate-authority-data": server["certificate-authority-data"]}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "c", "user": "operator"}}],
+    }))
+    deployment = cluster.get_json("deployment", f"{RELEASE}-helixrun-operator", "-n", NAMESPACE)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    pools = tmp_path / "pools.yaml"
+    pools.write_text(cluster.get_json("configmap", f"{RELEASE}-helixrun-pools", "-n", NAMESPACE)["data"]["pools.yaml"])
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    env["HELIXRUN_POOLS_FILE"] = str(pools)
+    env["HELIXRUN_OPERATOR_METRICS_PORT"] = str(_free_port())
+    args = [a.replace(":8080/", f":{_free_port()}/").replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
+    helixrun = Path(sys.executable).with_name("helixrun")
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(helixrun), "operator", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(repo / "examples" / "run-genechat.yaml"))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if cluster.kubectl("get", "pytorchjob", "genechat", "-n", NAMESPACE, check=False).returncode == 0:
+                break
+            assert proc.poll() is None, f"operator exited:\n{log.read_text()[-4000:]}"
+            time.sleep(1)
+        else:
+            pytest.fail(f"no PyTorchJob within 90 s:\n{log.read_text()[-4000:]}")
+        for kind in ("configmap/genechat-config", "pvc/genechat-checkpoints", "service/genechat-metrics"):
+            assert cluster.kubectl("get", kind, "-n", NAMESPACE, check=False).returncode == 0, kind
+        cluster.kubectl("delete", "trainingrun", "genechat", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
+        text = log.read_text()
+        assert "Forbidden" not in text and " 403" not in text, f"the chart's RBAC is missing a rule:\n{text[-4000:]}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
