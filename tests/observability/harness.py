@@ -90,7 +90,10 @@ class Process:
             return ""
         return f"\n--- {self.name} log (last {n} lines) ---\n" + "\n".join(lines[-n:])
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, graceful: bool = True) -> None:
+        if self.proc.poll() is None and not graceful:
+            self.proc.kill()
+            self.proc.wait(timeout=timeout)
         if self.proc.poll() is None:
             try:
                 os.kill(self.proc.pid, signal.SIGCONT)  # a SIGSTOPped process cannot act on SIGTERM

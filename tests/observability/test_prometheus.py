@@ -98,7 +98,7 @@ def stack(tmp_path_factory):
                "ports": ports, "diagnostics": diagnostics}
     finally:
         for process in reversed(processes):
-            process.stop()
+            process.stop(graceful=isinstance(process, Prometheus))  # trainers: no checkpoint on the way out
 
 
 def _substitute(expr: str, values: dict[str, str]) -> str:
@@ -209,6 +209,26 @@ def test_nan_loss_fires_HelixrunLossNaN(stack):
     assert firing[0]["labels"]["namespace"] == NAMESPACE
     assert NAN_RUN in firing[0]["annotations"]["summary"]
     assert not prom.firing("HelixrunLossNaN", run=RUN), "the healthy run is reported NaN"
+
+
+def test_plot_reads_a_cluster_run_from_prometheus(stack, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out = tmp_path / "prom-curves.png"
+    proc = subprocess.run([sys.executable, "-m", "helixrun.cli", "plot", RUN, "-n", NAMESPACE, "--prometheus",
+                           stack["prom"].url, "--since", "120", "-o", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as image:
+        assert image.size == (1200, 800)
+    from helixrun.cli import runs
+
+    curves = runs.prometheus_curves(stack["prom"].url, RUN, NAMESPACE, 120)
+    assert len(curves.steps) >= 5 and "loss" in curves.eval and "perplexity" in curves.eval
+    assert curves.steps == sorted(curves.steps), "steps go backwards"
 
 
 def test_stopped_trainer_fires_HelixrunTrainingStalled(stack):
