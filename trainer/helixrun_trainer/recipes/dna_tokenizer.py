@@ -1,0 +1,51 @@
+"""Small byte-pair tokenizers over nucleotides, built locally: the tiny stand-ins for
+METAGENE-1's and DNABERT-2's BPE tokenizers (production loads theirs by name).
+
+Same kind of tokenizer (BPE over the raw sequence, no pre-tokenisation), same
+special-token ids as the real ones, a vocabulary the real model's embedding
+table can index; trained on the generated tiny corpus, cached beside it so a
+resumed run reads identical ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+# METAGENE-1: pad 0, unk 1, sep 2, bos 3, eos 4, mask 5; vocab 1024.
+METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
+# DNABERT-2: [UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4; vocab 4096.
+DNABERT2_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+NUCLEOTIDES = "ACGTN"
+
+
+def build_bpe(sequences: Iterable[str], vocab_size: int, specials: tuple[str, ...], cache: Path | None = None,
+              **special_roles):
+    """A PreTrainedTokenizerFast trained on `sequences` (or loaded from `cache`/tokenizer.json)."""
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(cache) / "tokenizer.json" if cache else None
+    if path is not None and path.exists():
+        tok = Tokenizer.from_file(str(path))
+    else:
+        tok = Tokenizer(models.BPE(unk_token=special_roles.get("unk_token", "[UNK]")))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
+                                      initial_alphabet=list(NUCLEOTIDES), show_progress=False)
+        tok.train_from_iterator(sequences, trainer=trainer)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tok.save(str(tmp))
+            tmp.replace(path)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_roles)
+
+
+def metagene_tokenizer(sequences: Iterable[str], cache: Path | None = None, vocab_size: int = 1024):
+    return build_bpe(sequences, vocab_size, METAGENE_SPECIALS, cache, pad_token="[PAD]", unk_token="[UNK]",
+                     sep_token="[SEP]", bos_token="[BOS]", eos_token="[EOS]", mask_token="[MASK]")
+
+
+def dnabert2_tokenizer(sequences: Iterable[str], cache: Path | None = None, vocab_size: int = 4096):
+    return build_bpe(sequences, vocab_size, DNABERT2_SPECIALS, cache, unk_token="[UNK]", cls_token="[CLS]",
+                     sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
