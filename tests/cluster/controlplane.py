@@ -246,6 +246,14 @@ def run_openssl(args: Sequence[str], cwd: Path) -> None:
         raise ClusterError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
+def _genkey(d: Path, name: str, kind: str = "ec") -> None:
+    """ec: P-256 (fast to generate, fine for every k8s use); rsa: PKCS#1 RSA-2048."""
+    if kind == "ec":
+        run_openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key"], d)
+    else:
+        run_openssl(["genrsa", "-traditional", "-out", f"{name}.key", "2048"], d)
+
+
 def _issue_cert(
     d: Path,
     name: str,
@@ -253,13 +261,10 @@ def _issue_cert(
     subject: str,
     ext: str,
     days: int = 3650,
-    traditional_key: bool = False,
+    key: str = "ec",
 ) -> None:
     """Create d/name.key and d/name.crt signed by d/ca.{crt,key}."""
-    keyargs = ["genrsa", "-out", f"{name}.key"]
-    if traditional_key:
-        keyargs.insert(1, "-traditional")
-    run_openssl([*keyargs, "2048"], d)
+    _genkey(d, name, key)
     (d / f"{name}.ext").write_text(ext)
     run_openssl(["req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr"], d)
     run_openssl(
@@ -319,7 +324,7 @@ def ensure_webhook_pki() -> Path:
                 "keyUsage=critical,digitalSignature,keyEncipherment\n"
                 "extendedKeyUsage=serverAuth\n"
                 f"subjectAltName=DNS:{dns},IP:127.0.0.1\n",
-                traditional_key=True,
+                key="rsa",
             )
             for f in ("ca.crt", "ca.key", "tls.crt", "tls.key"):
                 os.replace(tmp / f, d / f)
@@ -821,7 +826,7 @@ class ControlPlane:
     def _make_pki(self) -> None:
         d = self.state_dir / "pki"
         d.mkdir(parents=True)
-        run_openssl(["genrsa", "-out", "ca.key", "2048"], d)
+        _genkey(d, "ca")
         run_openssl(
             [
                 "req", "-x509", "-new", "-key", "ca.key", "-days", "3650", "-sha256",
@@ -844,8 +849,15 @@ class ControlPlane:
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=clientAuth\n",
         )
-        run_openssl(["genrsa", "-out", "sa.key", "2048"], d)
-        run_openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], d)
+        # Aggregation-layer client (front proxy); also gives kcm/scheduler a
+        # requestheader CA so their delegated authn stops logging errors.
+        _issue_cert(
+            d, "front-proxy-client", "ca", "/CN=front-proxy-client",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n",
+        )
+        _genkey(d, "sa")
+        run_openssl(["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"], d)
 
     def _write_kubeconfig(self) -> None:
         d = self.state_dir / "pki"
@@ -937,6 +949,13 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--authorization-mode=RBAC",
+                f"--requestheader-client-ca-file={d / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={d / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={d / 'front-proxy-client.key'}",
                 # No token-bearing ServiceAccount admission: pods on kwok nodes never run.
                 "--disable-admission-plugins=ServiceAccount",
                 # The "kubernetes" Endpoints may not point at loopback; nothing needs them.
