@@ -95,7 +95,30 @@ def any_rank(env: DistEnv, flag: bool) -> bool:
     return bool(t.item())
 
 
-def wrap(model: torch.nn.Module, plan, env: DistEnv) -> torch.nn.Module:
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, in state_dict order (replicated weights only: not FSDP shards)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        sha.update(name.encode())
+        sha.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def check_replicas_agree(env: DistEnv, model: torch.nn.Module) -> str:
+    """Under DDP every rank must hold the same weights; raise if they diverged."""
+    digest = weights_digest(model)
+    if env.initialized:
+        digests = [None] * env.world_size
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks diverged: weight digests {digests}")
+    log.info("weights sha256=%s agree across %d rank(s)", digest, env.world_size)
+    return digest
+
+
+def wrap(model: torch.nn.Module, plan, env: DistEnv, find_unused_parameters: bool = False) -> torch.nn.Module:
     """Return the model to train with, wrapped as plan.distributed says (DeepSpeed is built with the optimizer)."""
     model = model.to(env.device)
     if not env.initialized or plan.distributed == "none":
@@ -103,7 +126,8 @@ def wrap(model: torch.nn.Module, plan, env: DistEnv) -> torch.nn.Module:
     if plan.distributed == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                   find_unused_parameters=find_unused_parameters)
     if plan.distributed == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

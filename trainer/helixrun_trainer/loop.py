@@ -95,6 +95,9 @@ class Trainer:
         training = spec.training
         set_deterministic()
         self.env = env = distributed.init()
+        if env.device.type == "cuda" and getattr(self.plan, "tf32", False):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.seed = training.seed if training.seed is not None else 42
         if self.plan.distributed == "deepspeed":
             raise ConfigError("DeepSpeed plans are not wired into the loop yet (see trainer/README.md)")
@@ -126,7 +129,8 @@ class Trainer:
         self.total_steps = total_steps_for(training, self.batches.steps_per_epoch())
 
         # Distribution, optimizer, schedule, precision.
-        self.model = distributed.wrap(model, self.plan, env)
+        self.model = distributed.wrap(model, self.plan, env,
+                                      find_unused_parameters=getattr(self.recipe, "find_unused_parameters", False))
         self.module = distributed.unwrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, training)
@@ -143,7 +147,8 @@ class Trainer:
             cfg.paths.checkpoints, env, keep_last=(ck.keep_last if ck and ck.keep_last else 3),
             best_metric=best.metric if best else None, best_mode=(best.mode if best and best.mode else "min"),
             archive_every=ck.archive_every_steps if ck else None,
-            async_save=os.environ.get("HELIXRUN_ASYNC_CHECKPOINT", "") == "1")
+            async_save=bool(getattr(self.plan, "async_checkpoint", False))
+            or os.environ.get("HELIXRUN_ASYNC_CHECKPOINT", "") == "1")
         self.checkpoint_every = (ck.every_steps if ck and ck.every_steps else 500)
         ev = spec.evaluation
         self.eval_every = ev.every_steps if ev and ev.every_steps else None
@@ -321,6 +326,8 @@ class Trainer:
                     break
             else:
                 self.checkpoints.wait()
+                if self.plan.distributed in ("none", "ddp"):
+                    distributed.check_replicas_agree(env, self.module)
                 self.export_final()
         progress.close()
         self.records.close()

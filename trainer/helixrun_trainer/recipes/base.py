@@ -31,6 +31,9 @@ Rules the runtime relies on (exact resume depends on them):
   runtime runs autocast per the plan); a frozen quantized base may be in its
   own dtype. Gradient checkpointing: the runtime calls
   `model.gradient_checkpointing_enable()` when the plan asks and it exists.
+- Parameters that take no part in the loss must have requires_grad=False
+  (DDP fails on unused parameters); a recipe whose forward skips parameters
+  only sometimes sets the attribute `find_unused_parameters = True`.
 - evaluate runs under torch.no_grad() and model.eval() (the runtime sets both
   and restores train mode); every rank evaluates the whole eval set on the
   unwrapped model, so results agree across ranks without a recipe-side reduce.

@@ -125,10 +125,14 @@ class Esm2MLM(RecipeBase):
             config = EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                intermediate_size=128, position_embedding_type="rotary", token_dropout=True,
                                pad_token_id=PAD, mask_token_id=MASK, max_position_embeddings=1026)
-            return EsmForMaskedLM(config)
-        model_spec = cfg.spec["model"]
-        return EsmForMaskedLM.from_pretrained(model_spec["name"], revision=model_spec.get("revision"),
-                                              cache_dir=cfg.paths.model_cache, dtype=torch.float32)
+            model = EsmForMaskedLM(config)
+        else:
+            model_spec = cfg.spec["model"]
+            model = EsmForMaskedLM.from_pretrained(model_spec["name"], revision=model_spec.get("revision"),
+                                                   cache_dir=cfg.paths.model_cache, dtype=torch.float32)
+        # The contact head is not part of the MLM loss (ESM fits it afterwards): frozen, so DDP finds no unused grads.
+        model.esm.contact_head.requires_grad_(False)
+        return model
 
     def build_data(self, cfg, tiny: bool, data_dir: Path) -> RecipeData:
         from helixrun_trainer.formats.fasta import PROTEIN, FastaError, read_fasta, write_fasta

@@ -1,0 +1,82 @@
+"""Two CPU ranks (gloo, one process per pod as a PyTorchJob launches them): ranks agree, a checkpoint
+commits only after both ranks' parts, and a 2-rank kill/resume is bitwise exact."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import yaml
+
+from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
+
+from helixrun_trainer.distributed import read_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Ranks:
+    """Two trainer processes with the environment a 2-pod PyTorchJob gives (one process per pod)."""
+
+    def __init__(self, run_file, workdir, pause: str | None = None):
+        cmd = train_command(run_file, workdir, "hardware.gpusPerNode=2")
+        port = str(free_port())
+        self.procs = [
+            start_trainer(cmd, workdir, pause=pause, log_name=f"rank{r}.log", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK="0")
+            for r in range(2)
+        ]
+
+    @property
+    def log(self) -> str:
+        return "".join(p.log for p in self.procs)
+
+    def wait(self) -> list[int]:
+        return [p.wait() for p in self.procs]
+
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
+def digests(log: str) -> dict[int, str]:
+    return {int(r): d for r, d in re.findall(r"rank=(\d) INFO \S+: weights sha256=([0-9a-f]{64}) agree", log)}
+
+
+def test_environment_of_a_pytorchjob_pod_and_of_torchrun():
+    env = read_env({"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": "4", "RANK": "2"}, cuda=False)
+    assert (env.rank, env.world_size, env.local_rank, env.backend) == (2, 4, 0, "gloo")
+    env = read_env({"PET_WORLD_SIZE": "2", "PET_RANK": "1", "LOCAL_RANK": "1"}, cuda=False)
+    assert (env.rank, env.world_size, env.local_rank) == (1, 2, 1)
+    assert read_env({}, cuda=False).backend is None
+
+
+def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    t = Ranks(run_file, reference)
+    assert t.wait() == [0, 0], t.log[-4000:]
+    agreed = digests(t.log)
+    assert set(agreed) == {0, 1} and len(set(agreed.values())) == 1, f"rank weight digests: {agreed}"
+    plan = yaml.safe_load((reference / "config.yaml").read_text())["plan"]
+    assert (plan["world_size"], plan["distributed"]) == (2, "ddp")
+
+    # Rank 1 stalls before marking its part of step 15 done: rank 0 has written its part, nothing is committed.
+    resumed = tmp_path / "resumed"
+    t = Ranks(run_file, resumed, pause="15:parts@1")
+    t.procs[1].wait_paused(15, "parts", rank=1)
+    staging = resumed / "checkpoints" / "step-00000015.tmp"
+    assert (staging / "rank-00001.pt").exists() and not (staging / "rank-00001.done").exists()
+    assert not (resumed / "checkpoints" / "step-00000015").exists(), "committed before rank 1 finished"
+    t.kill()
+    assert not (resumed / "checkpoints" / "step-00000015").exists()
+
+    t = Ranks(run_file, resumed)
+    assert t.wait() == [0, 0], t.log[-4000:]
+    assert "(step 10)" in t.log, "should resume from step 10, the last checkpoint both ranks committed"
+    assert len(set(digests(t.log).values())) == 1
+    assert losses(resumed) == losses(reference)
+    assert_bitwise_equal(final_weights(reference), final_weights(resumed), "2-rank final weights after resume")
