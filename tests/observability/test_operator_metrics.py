@@ -64,15 +64,24 @@ def test_reconcile_timing_and_errors():
     assert s[("helixrun_operator_reconcile_errors_total", (("handler", "create"),))] == 1
 
 
-def test_decorated_async_handler_is_timed():
+def test_decorated_handlers_are_timed():
     m = om.OperatorMetrics()
 
     @m.instrumented("update")
     async def handler(**kwargs):
         return kwargs["name"]
 
+    @m.instrumented("update")
+    def sync_handler(**kwargs):
+        raise RuntimeError(kwargs["name"])
+
     assert asyncio.run(handler(name="x", spec={})) == "x"
-    assert samples(m)[("helixrun_operator_reconcile_duration_seconds_count", (("handler", "update"),))] == 1
+    assert not asyncio.iscoroutinefunction(sync_handler), "kopf must still run a sync handler in its executor"
+    with pytest.raises(RuntimeError):
+        sync_handler(name="y")
+    s = samples(m)
+    assert s[("helixrun_operator_reconcile_duration_seconds_count", (("handler", "update"),))] == 2
+    assert s[("helixrun_operator_reconcile_errors_total", (("handler", "update"),))] == 1
 
 
 def test_every_operator_metric_of_the_contract_is_exported():

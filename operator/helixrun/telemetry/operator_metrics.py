@@ -4,18 +4,30 @@ Collectors are built from OPERATOR_METRICS into a private registry. The HTTP
 server is an aiohttp site started inside the running loop, so a blocked loop
 shows up as a failed scrape (`up == 0`) rather than as stale, healthy numbers.
 
-Wiring (the operator's startup and cleanup handlers)::
+Wiring (helixrun/controller/handlers.py)::
+
+    from helixrun.telemetry import operator_metrics
 
     @kopf.on.startup()
     async def start_metrics(memo, **_):
-        memo.metrics = await operator_metrics.start_operator_metrics()  # HELIXRUN_OPERATOR_METRICS_PORT
+        # HELIXRUN_OPERATOR_METRICS_PORT (the chart sets it), default 9090
+        memo.metrics_server = await operator_metrics.start_operator_metrics()
 
     @kopf.on.cleanup()
     async def stop_metrics(memo, **_):
-        await memo.metrics.stop()
+        await memo.metrics_server.stop()
 
-Handlers then call `observe_reconcile`, `run_seen`/`run_gone`,
-`restart_observed` and `plan_refused`.
+    @kopf.on.event(*RUNS)          # level-triggered: the initial listing rebuilds the gauges
+    def run_metrics(type, name, namespace, spec, status, **_):
+        if type == "DELETED":
+            operator_metrics.run_gone(namespace, name)
+        else:
+            operator_metrics.run_seen(namespace, name, status.get("phase") or "Pending",
+                                      spec.get("hardware", {}).get("pool", "unknown"), status.get("gpus") or 0)
+
+and in the handlers: `@operator_metrics.instrumented("reconcile", ignore=(kopf.TemporaryError,))`
+under each `@kopf.on.*`, `operator_metrics.plan_refused(pool)` where a plan is
+refused, `operator_metrics.restart_observed(namespace, run)` where a gang restarts.
 """
 
 from __future__ import annotations
@@ -89,13 +101,22 @@ class OperatorMetrics:
             )
 
     def instrumented(self, handler: str, ignore: tuple[type[BaseException], ...] = ()):
-        """Decorator form of observe_reconcile for async kopf handlers."""
+        """Decorator form of observe_reconcile, for sync or async kopf handlers (put it under @kopf.on.*)."""
 
         def wrap(fn):
+            if asyncio.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def call_async(*args, **kwargs):
+                    with self.observe_reconcile(handler, ignore):
+                        return await fn(*args, **kwargs)
+
+                return call_async
+
             @functools.wraps(fn)
-            async def call(*args, **kwargs):
+            def call(*args, **kwargs):
                 with self.observe_reconcile(handler, ignore):
-                    return await fn(*args, **kwargs)
+                    return fn(*args, **kwargs)
 
             return call
 
