@@ -60,8 +60,11 @@ ENV DS_ACCELERATOR=cuda \
     DS_BUILD_UTILS=1 \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} \
     MAX_JOBS=${MAX_JOBS}
+# DeepSpeed skips an incompatible op with only a warning: fail the build instead.
 RUN pip install --no-cache-dir --no-build-isolation -r dockerfiles/requirements-trainer-gpu.txt \
- && ds_report \
+ && python -c "from deepspeed.git_version_info import installed_ops as ops; \
+missing = [op for op in ('cpu_adam', 'fused_adam', 'utils') if not ops.get(op)]; \
+assert not missing, f'DeepSpeed ops not prebuilt: {missing}'" \
  && python -c "import helixrun_trainer, transformers, peft, bitsandbytes"
 
 # Runtime: CUDA user-space libraries come with torch's wheels; the base image

@@ -80,10 +80,19 @@ def parse(path: Path) -> Dockerfile:
 
 
 def pip_installs(run: str) -> list[list[str]]:
-    """Argument lists of every `pip install` in a RUN command (split on && and ;)."""
+    """Argument lists of every `pip install` in a RUN command (commands split on &&, ||, ;, |)."""
+    lexer = shlex.shlex(run, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands, current = [], []
+    for token in lexer:
+        if token and set(token) <= set(";&|"):
+            commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    commands.append(current)
     out = []
-    for command in re.split(r"&&|;|\|\|", run):
-        words = shlex.split(command)
+    for words in commands:
         for i in range(len(words) - 1):
             if words[i].endswith("pip") and words[i + 1] == "install":
                 out.append(words[i + 2:])

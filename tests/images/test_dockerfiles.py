@@ -271,6 +271,8 @@ def test_trainer_prebuilds_deepspeed_ops_for_named_architectures():
     assert "libaio-dev" in runs
     ds_run = next(r for r in builder.all("RUN") if "requirements-trainer-gpu.txt" in r)
     assert "--no-build-isolation" in ds_run, "DeepSpeed must compile against the installed torch"
+    for op in ("cpu_adam", "fused_adam", "utils"):
+        assert f"'{op}'" in ds_run, f"the build must fail when DeepSpeed silently skips {op}"
     # DeepSpeed is built after the project (and so torch) is installed.
     order = [r for r in builder.all("RUN") if "pip install" in r]
     assert order.index(ds_run) > next(i for i, r in enumerate(order) if "./trainer" in r)
