@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -161,28 +160,25 @@ def test_exit_code_137_fails_pod_and_operator_recreates_it(cluster, namespace, a
     name, old_uid = worker["metadata"]["name"], worker["metadata"]["uid"]
 
     core = client.CoreV1Api(api)
-    seen_failed = threading.Event()
-    w = watch.Watch()
-
-    def watch_pods():
-        for ev in w.stream(
-            core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}", timeout_seconds=120
-        ):
-            pod = ev["object"]
-            if pod.metadata.uid != old_uid or pod.status.phase != "Failed":
-                continue
-            for cs in pod.status.container_statuses or []:
-                t = cs.state.terminated if cs.state else None
-                if cs.name == "pytorch" and t is not None and t.exit_code == 137:
-                    seen_failed.set()
-                    w.stop()
-                    return
-
-    t = threading.Thread(target=watch_pods, daemon=True)
-    t.start()
-    time.sleep(0.5)  # let the watch start before the annotation lands
+    # Watch from a resourceVersion taken before the annotation: no event can be missed.
+    rv = core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}").metadata.resource_version
     cluster.kubectl("annotate", "pod", name, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
-    assert seen_failed.wait(60), "pod never reported Failed with exitCode 137"
+    seen_failed = False
+    w = watch.Watch()
+    for ev in w.stream(
+        core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
+        resource_version=rv, timeout_seconds=60,
+    ):
+        pod = ev["object"]
+        if pod.metadata.uid != old_uid or pod.status.phase != "Failed":
+            continue
+        for cs in pod.status.container_statuses or []:
+            t = cs.state.terminated if cs.state else None
+            if cs.name == "pytorch" and t is not None and t.exit_code == 137:
+                seen_failed = True
+        if seen_failed:
+            w.stop()
+    assert seen_failed, "pod never reported Failed with exitCode 137"
 
     def recreated():
         for p in pods_of(cluster, namespace, "retry"):
