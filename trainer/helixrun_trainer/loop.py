@@ -104,12 +104,12 @@ class Trainer:
 
         # Model and data: the recipe's part. Same init on every rank (DDP also broadcasts).
         self.recipe = get_recipe(spec.recipe)
+        # Data first: a bad path fails in seconds, before a model download.
+        self.data = self.recipe.build_data(cfg, tiny, Path(cfg.paths.data))
         seed_all(self.seed)
         model = self.recipe.build_model(cfg, tiny)
         if self.plan.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
-        data_dir = Path(cfg.paths.data)
-        self.data = self.recipe.build_data(cfg, tiny, data_dir)
 
         # Batches: token budget when the plan counts tokens and the recipe gives lengths.
         world = env.world_size
