@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 
 from helixrun.telemetry import operator_metrics as om
 
@@ -28,6 +29,9 @@ async def main(port: int, spec: dict) -> None:
             raise RuntimeError("a handler that raised")
     except RuntimeError:
         pass
+    # SIGUSR1: the operator saw one more gang restart of each run in spec["restarts"].
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: [om.restart_observed(ns, run) for ns, run in spec["restarts"]])
     await om.serve_operator_metrics(port, host="127.0.0.1")
 
 

@@ -45,6 +45,18 @@ def test_runs_by_phase_and_gpus_follow_run_events():
     assert s[("helixrun_operator_gpus_requested", (("pool", "h100"),))] == 0
 
 
+def test_restart_counter_exists_from_the_run_first_seen_until_it_is_gone():
+    m = om.OperatorMetrics()
+    key = ("helixrun_operator_restarts_observed_total", (("namespace", "a"), ("run", "r")))
+    m.run_seen("a", "r", "Running", "h100", 8)
+    assert samples(m)[key] == 0, "born at 0, so increase() counts the first restart"
+    m.restart_observed("a", "r")
+    m.run_seen("a", "r", "Restarting", "h100", 8)
+    assert samples(m)[key] == 1
+    m.run_gone("a", "r")
+    assert key not in samples(m)
+
+
 def test_reconcile_timing_and_errors():
     m = om.OperatorMetrics()
     with m.observe_reconcile("create"):

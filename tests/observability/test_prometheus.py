@@ -211,6 +211,18 @@ def test_nan_loss_fires_HelixrunLossNaN(stack):
     assert not prom.firing("HelixrunLossNaN", run=RUN), "the healthy run is reported NaN"
 
 
+def test_repeated_restarts_fire_HelixrunRestartsLooping(stack):
+    prom, operator = stack["prom"], stack["operator"]
+    assert not prom.firing("HelixrunRestartsLooping", run=RUN)
+    before = prom.query(f'helixrun_operator_restarts_observed_total{{run="{RUN}"}}')["data"]["result"]
+    assert before, "the operator exports no restart counter for the run"
+    # threshold 1 in TEST_RULES: one more observed restart inside the window is a loop
+    os.kill(operator.pid, signal.SIGUSR1)
+    firing = poll("HelixrunRestartsLooping firing", lambda: prom.firing("HelixrunRestartsLooping", run=RUN),
+                  timeout=60, on_timeout=stack["diagnostics"])
+    assert firing[0]["labels"]["namespace"] == NAMESPACE
+
+
 def test_plot_reads_a_cluster_run_from_prometheus(stack, tmp_path):
     import subprocess
     import sys

@@ -140,13 +140,20 @@ class OperatorMetrics:
     def run_seen(self, namespace: str, name: str, phase: str, pool: str, gpus: int = 0) -> None:
         """Record a run's current phase, pool and GPU count (call on every status change)."""
         with self._lock:
+            known = (namespace, name) in self._runs
             self._runs[(namespace, name)] = (phase, pool, int(gpus))
+        if not known:
+            # The restart counter starts at 0 when the run appears, so increase() sees its first restart.
+            self["helixrun_operator_restarts_observed"].labels(namespace=namespace, run=name)
         self._recount()
 
     def run_gone(self, namespace: str, name: str) -> None:
         """Forget a deleted run."""
         with self._lock:
-            self._runs.pop((namespace, name), None)
+            known = self._runs.pop((namespace, name), None) is not None
+        if known:
+            with contextlib.suppress(KeyError):  # a deleted run's series go away with it
+                self["helixrun_operator_restarts_observed"].remove(namespace, name)
         self._recount()
 
     def _recount(self) -> None:
