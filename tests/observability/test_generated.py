@@ -118,3 +118,16 @@ def test_helm_tpl_of_the_rules_file_is_the_plain_rules_file():
 def test_rules_refuse_unknown_parameters():
     with pytest.raises(KeyError, match="stalledForr"):
         alerts.rules_file({"stalledForr": "1m"})
+
+
+def test_trainer_port_names_are_the_ones_the_podmonitor_scrapes():
+    from helixrun.telemetry import scrape
+
+    ports = scrape.container_ports(9400, 8)
+    assert [p["name"] for p in ports] == ["metrics"] + [f"metrics-{i}" for i in range(1, 8)]
+    assert [p["containerPort"] for p in ports] == list(range(9400, 9408))
+    assert all(len(p["name"]) <= 15 for p in ports)
+    snippet = yaml.safe_load((CHART / "values-monitoring.yaml").read_text())["monitoring"]["podMonitor"]
+    assert snippet["port"] == scrape.PORT_NAME
+    assert snippet["maxLocalRanks"] >= 8, "the largest pool has 8 GPUs per node"
+    assert scrape.scrape_annotations(9400)["prometheus.io/port"] == "9400"
