@@ -171,3 +171,26 @@ def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_watched_namespaces_get_roles_and_namespaced_peerings(cluster, release):
+    watched = ["hxchart-watch-a", "hxchart-watch-b"]
+    for ns in watched:
+        cluster.kubectl("create", "namespace", ns, check=False)
+    name = "hxwatch"
+    values = {"operator": {"replicas": 2, "watchNamespaces": watched}}
+    install_chart(cluster.kubeconfig, name, NAMESPACE, values, wait=True, timeout="3m")
+    try:
+        operator = f"system:serviceaccount:{NAMESPACE}:{name}-helixrun-operator"
+        for ns in watched:
+            assert can_i(cluster, operator, "create", "pytorchjobs.kubeflow.org", ns)
+            assert can_i(cluster, operator, "patch", "kopfpeerings.kopf.dev", ns)
+            assert cluster.get_json("kopfpeering", "helixrun", "-n", ns)["metadata"]["namespace"] == ns
+            trainer = f"system:serviceaccount:{ns}:helixrun-trainer"
+            assert can_i(cluster, trainer, "patch", "trainingruns.helixrun.io", ns, "status")
+        assert not can_i(cluster, operator, "create", "pytorchjobs.kubeflow.org", "default")
+        assert can_i(cluster, operator, "watch", "customresourcedefinitions.apiextensions.k8s.io", "default")
+    finally:
+        uninstall_chart(cluster.kubeconfig, name, NAMESPACE)
+        for ns in watched:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
