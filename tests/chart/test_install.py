@@ -28,6 +28,10 @@ def can_i(cluster, who: str, verb: str, resource: str, namespace: str = NAMESPAC
 
 @pytest.fixture(scope="module")
 def release(cluster):
+    # Pod Security admission enforces `restricted` here: a non-compliant operator pod is never created.
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.kubectl("label", "--overwrite", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/warn=restricted")
     objects = install_chart(cluster.kubeconfig, RELEASE, NAMESPACE, {}, wait=True, timeout="3m")
     yield objects
     uninstall_chart(cluster.kubeconfig, RELEASE, NAMESPACE)
@@ -42,6 +46,10 @@ def test_install_serves_the_crds_and_runs_the_operator(cluster, release):
     assert deployment["status"].get("readyReplicas") == 1
     pools = cluster.get_json("configmap", f"{RELEASE}-helixrun-pools", "-n", NAMESPACE)
     assert "a800" in pools["data"]["pools.yaml"]
+    # ...and the restricted policy really is enforced in that namespace.
+    refused = cluster.kubectl("run", "privileged-probe", "--image=busybox:1.37", "-n", NAMESPACE,
+                              "--dry-run=server", "--privileged", check=False)
+    assert refused.returncode != 0 and "PodSecurity" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(
