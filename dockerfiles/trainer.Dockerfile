@@ -70,7 +70,8 @@ assert not missing, f'DeepSpeed ops not prebuilt: {missing}'" \
 # Runtime: CUDA user-space libraries come with torch's wheels; the base image
 # adds the driver-compatibility setup. gcc/libc6-dev stay because Triton
 # compiles its small launcher stubs at run time; libgomp1 is what DeepSpeed's
-# CPU Adam links; libaio for DeepSpeed's NVMe offload.
+# CPU Adam links; libaio for DeepSpeed's NVMe offload; wordnet-base is the
+# WordNet database GeneChat's METEOR reads (helixrun_trainer/evaluation/text.py).
 FROM nvidia/cuda:${CUDA_VERSION}-base-ubuntu${UBUNTU_VERSION}
 LABEL org.opencontainers.image.title="helixrun-trainer" \
       org.opencontainers.image.description="helixrun trainer runtime (torch, transformers, peft, DeepSpeed, bitsandbytes)" \
@@ -78,7 +79,7 @@ LABEL org.opencontainers.image.title="helixrun-trainer" \
       org.opencontainers.image.licenses="Apache-2.0"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev libgomp1 libaio1t64 \
+ && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev libgomp1 libaio1t64 wordnet-base \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /cache/huggingface \
  && chown 1000:1000 /cache/huggingface

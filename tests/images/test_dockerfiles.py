@@ -278,6 +278,13 @@ def test_trainer_prebuilds_deepspeed_ops_for_named_architectures():
     assert order.index(ds_run) > next(i for i, r in enumerate(order) if "./trainer" in r)
 
 
+def test_trainer_image_has_the_wordnet_meteor_reads():
+    from helixrun_trainer.evaluation.text import DEBIAN_WORDNET
+
+    runs = " ".join(parse(TRAINER).final.all("RUN"))
+    assert str(DEBIAN_WORDNET) == "/usr/share/wordnet" and "wordnet-base" in runs
+
+
 def test_trainer_image_runs_the_pods_command():
     final = parse(TRAINER).final
     assert final.all("ENTRYPOINT") == ["[]"], "the PyTorchJob's command must run unwrapped"
