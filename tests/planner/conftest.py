@@ -6,17 +6,16 @@ import copy
 
 import pytest
 
-from helixrun import api, recipes
+from helixrun import api
 from helixrun.pools import default_pools
 
 
 def make_spec(raw: dict):
     """The spec as resolve() hands it to the planner (the CLI's merge, including dropping LoRA for method full)."""
-    spec = recipes.with_defaults(copy.deepcopy(raw))
-    if raw.get("model", {}).get("method") == "full" and "lora" not in raw.get("model", {}):
-        spec["model"].pop("lora", None)
-    obj = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "t"}, "spec": spec}
-    return api.RunSpec.model_validate(api.validate(obj)["spec"])
+    from helixrun.cli.plan import merged_spec
+
+    obj = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "t"}, "spec": copy.deepcopy(raw)}
+    return merged_spec(api.TrainingRun.from_object(obj))
 
 
 def run(recipe: str, pool: str, **fields) -> dict:

@@ -34,6 +34,10 @@ def merged_spec(training_run: api.TrainingRun, source: str = ""):
     own_model = training_run.raw_spec.get("model", {})
     if own_model.get("method") == "full" and "lora" not in own_model:
         spec["model"].pop("lora", None)
+    # Likewise a run's globalBatch replaces the recipe's (samples and tokens exclude each other).
+    own_batch = training_run.raw_spec.get("training", {}).get("globalBatch")
+    if own_batch:
+        spec["training"]["globalBatch"] = dict(own_batch)
     merged = api.validate(
         {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": training_run.name}, "spec": spec},
         f"{source} (with {spec['recipe']} defaults)",
