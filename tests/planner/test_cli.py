@@ -1,0 +1,56 @@
+"""`helixrun plan`: one pool, every pool, json/yaml/table, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from helixrun.cli import main
+
+RUNS = Path(__file__).parent / "runs"
+
+
+def test_plan_json_for_the_runs_pool(capsys):
+    assert main(["plan", "-f", str(RUNS / "esm2-650m-rtx2080super.yaml"), "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    plan = out["esm2-650m"]["rtx2080super"]
+    assert plan["fits"] and plan["precision"] == "fp16" and plan["offload"]
+    assert plan["memory"]["total"] < plan["pool_memory_gib"]
+    assert plan["eta"].endswith("d")
+
+
+def test_refused_plan_exits_3_and_prints_the_ways_out(capsys):
+    assert main(["plan", "-f", str(RUNS / "metagene-full-rtx4090.yaml")]) == 3
+    out = capsys.readouterr().out
+    assert "refused" in out and "method lora" in out and "a800" in out
+
+
+def test_all_pools_table_lists_every_pool(capsys):
+    assert main(["plan", "-f", str(RUNS / "metagene-lora-rtx4090.yaml"), "--all-pools"]) == 0
+    out = capsys.readouterr().out
+    for pool in ("a800", "a100-80", "h100", "rtx4090", "rtx3080", "rtx2080super"):
+        assert pool in out
+    assert "2×16×1 = 32 samples" in out
+
+
+def test_all_pools_clamps_gpus_per_node_and_says_so(tmp_path, capsys):
+    run = yaml.safe_load((RUNS / "esm2-650m-rtx2080super.yaml").read_text())
+    run["spec"]["hardware"]["gpusPerNode"] = 2
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    assert main(["plan", "-f", str(path), "--all-pools", "-o", "yaml"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)["esm2-650m"]
+    assert out["rtx3080"]["world_size"] == 1
+    assert any("clamped" in n for n in out["rtx3080"]["notes"])
+    assert out["rtx2080super"]["world_size"] == 2 and not any("clamped" in n for n in out["rtx2080super"]["notes"])
+
+
+def test_unknown_pool_is_an_error(tmp_path, capsys):
+    run = yaml.safe_load((RUNS / "genechat-a800.yaml").read_text())
+    run["spec"]["hardware"]["pool"] = "tpu"
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    assert main(["plan", "-f", str(path)]) == 2
+    assert "unknown pool 'tpu'" in capsys.readouterr().err
