@@ -126,3 +126,5 @@ def test_status_and_watch_against_the_cluster(cluster):
     assert "esm2-650m" in line and "Succeeded" in line and "500000/500000" in line and "1.2345" in line
     proc = helixrun("watch", "esm2-650m", "-n", "obs-cli", "--interval", "0.2", "--timeout", "30", env=cluster.env())
     assert proc.returncode == 0 and "Succeeded" in proc.stdout, proc.stderr
+    proc = helixrun("status", "no-such-run", "-n", "obs-cli", env=cluster.env())
+    assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr

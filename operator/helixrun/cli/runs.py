@@ -177,15 +177,27 @@ def _custom_objects():
 
     try:
         config.load_kube_config()
-    except Exception:
-        config.load_incluster_config()
+    except Exception:  # no kubeconfig: maybe inside a pod
+        try:
+            config.load_incluster_config()
+        except config.ConfigException as exc:
+            raise SystemExit(f"helixrun: no cluster to ask ({exc}); give a local run folder or set KUBECONFIG") from None
     return client.CustomObjectsApi()
 
 
 def cluster_views(name: str | None, namespace: str | None, all_namespaces: bool) -> list[RunView]:
     objects = _custom_objects()
+    from kubernetes.client.exceptions import ApiException
+
     if name:
-        items = [objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace or "default", api.PLURAL, name)]
+        try:
+            items = [objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace or "default", api.PLURAL,
+                                                          name)]
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SystemExit(f"helixrun: TrainingRun {namespace or 'default'}/{name} not found "
+                                 "(a local run folder? it does not exist)") from None
+            raise
     elif all_namespaces:
         items = objects.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
     else:
