@@ -526,3 +526,14 @@ def test_helm_missing_is_an_error_not_a_skip(monkeypatch):
             helm.helm_binary()
     finally:
         helm.helm_binary.cache_clear()
+
+
+def test_kind_image_values_point_the_operator_at_the_loaded_image():
+    from tests.images.build import chart_values
+
+    objects = helm.template(chart_values({"operator": "ghcr.io/helixrun/operator:dev",
+                                          "trainer": "ghcr.io/helixrun/trainer:dev"}))
+    container = operator_container(objects)
+    assert container["image"] == "ghcr.io/helixrun/operator:dev" and container["imagePullPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HELIXRUN_TRAINER_IMAGE"] == "ghcr.io/helixrun/trainer:dev"
