@@ -1,0 +1,38 @@
+"""bench/gpu_memory.py is runnable here: predictions without a GPU, a clear exit where CUDA is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_memory.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("gpu_memory", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_predicts_every_case(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "rows.json"
+    assert bench.main(["--dry-run", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(bench.matrix(quick=False))
+    assert all(r["predicted_gib"] > 0 and r["measured_gib"] is None for r in rows)
+    by_name = {r["case"]: r["predicted_gib"] for r in rows}
+    assert by_name["metagene-8L lora+ckpt b4 s512"] < by_name["metagene-8L lora b4 s512"], "checkpointing lowers the estimate"
+
+
+def test_without_cuda_it_exits_with_a_message(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the bench would run")
+    bench = load_bench()
+    assert bench.main(["--quick"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
