@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_memory.py"
 def load_bench():
     spec = importlib.util.spec_from_file_location("gpu_memory", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_memory"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
