@@ -59,6 +59,18 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
         return response.read()
 
 
+NO_PROMETHEUS = "needs Debian's prometheus package (apt-get install prometheus: prometheus and promtool)"
+
+
+def require(binary: str | None) -> str:
+    """The binary, or a test failure (never a skip: CI installs it, .ci/apt-packages.txt)."""
+    if binary is None:
+        import pytest
+
+        pytest.fail(NO_PROMETHEUS, pytrace=False)
+    return binary
+
+
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus") or (os.path.exists("/usr/bin/prometheus") and "/usr/bin/prometheus") or None
 
@@ -112,8 +124,7 @@ class Process:
 
 class Prometheus(Process):
     def __init__(self, workdir: Path, scrape_configs: list[dict], rules: dict | None = None):
-        binary = prometheus_binary()
-        assert binary, "prometheus is not installed (apt-get install prometheus)"
+        binary = require(prometheus_binary())
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -14,9 +14,8 @@ import yaml
 
 from helixrun.telemetry import alerts
 
-from .harness import promtool_binary
+from .harness import promtool_binary, require
 
-pytestmark = pytest.mark.skipif(promtool_binary() is None, reason="promtool comes with Debian's prometheus package")
 
 R = 'namespace="ns",run="r"'
 RANK = R + ',rank="0"'
@@ -109,7 +108,7 @@ def test_rule_with_default_windows(case, tmp_path):
                    "alert_rule_test": checks}],
     }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = subprocess.run([promtool_binary(), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([require(promtool_binary()), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, f"{case}:\n{proc.stdout}{proc.stderr}"
 
