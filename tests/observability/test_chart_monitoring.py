@@ -30,7 +30,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 @pytest.fixture(scope="module")
 def render():
     try:
-        from tests.chart.helm import HelmError, helm_binary, parse_manifests, run_helm
+        from tests.chart.helm import helm_binary, parse_manifests, run_helm
 
         helm_binary()
     except Exception as exc:  # noqa: BLE001 - as tests/chart: no helm is an error, never a skip

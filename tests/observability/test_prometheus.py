@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
