@@ -85,6 +85,17 @@ grafana-foundation-sdk by `python -m helixrun.telemetry.dashboards` and shipped
 as ConfigMaps labelled `grafana_dashboard: "1"` (`monitoring.dashboards`).
 Panels reading CUDA-only series or DCGM exporter series show no data on CPU
 nodes or where dcgm-exporter is not installed.
+
+## From the terminal
+
+    helixrun status [RUN] [-n NS | -A] [--prometheus URL]   # phase, step/total, loss, tokens/s, ETA, last checkpoint
+    helixrun watch RUN [--interval 2] [--timeout S] [--once] # live progress bar; exits when the run finishes
+    helixrun plot RUN -o curves.png [--prometheus URL]       # loss, evaluation metrics, LR, throughput
+
+RUN is a TrainingRun in the cluster (status through the Kubernetes API; ETA,
+throughput and curves from Prometheus with `--prometheus`) or a local run
+folder (`helixrun-train --local --workdir DIR`, also `--dir DIR`): its
+records/metrics.jsonl, checkpoints/step-*/manifest.json and config.yaml.
 """
 
 
