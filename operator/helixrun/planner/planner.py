@@ -335,6 +335,8 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
                 f"load it with torch_dtype={'torch.bfloat16' if precision == 'bf16' else 'torch.float16'}; "
                 f"without an explicit dtype its weights take twice the memory ({c.arch.weight_bytes_stored(c.head) / mem.GIB:.1f} GiB)"
             )
+    if seq_len > main.max_positions:
+        notes.append(f"sequence length {seq_len} exceeds the {main.max_positions} positions {main.display} was trained on")
     if ctx.tf32:
         notes.append("TF32 matmuls enabled (torch.backends.cuda.matmul.allow_tf32)")
     if world > 1:
@@ -386,6 +388,12 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     batching = _batching(spec, world, seq_len, max_micro)
     if batching.note:
         notes.append(batching.note)
+    if batching.effective > 1.05 * batching.requested:
+        per_round = batching.effective // batching.grad_accum
+        notes.append(
+            f"the global batch is more than 5% over: a multiple of {per_round:,} {batching.unit} "
+            f"(micro-batch x ranks{' x seq' if batching.unit == 'tokens' else ''}) would be exact"
+        )
     memory = estimate(ctx, setup, batching.micro_batch)
     p_train, t_train = _trainable(ctx, setup)
 
@@ -397,6 +405,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     step = tokens_per_step * flops / (world * tflops * 1e12 * mfu)
     if setup.offload:
         step += timing.offload_seconds_per_step(p_train / world)
+    step += timing.sync_seconds_per_step(p_train, world, spec.hardware.nodes, pool.nvlink, bool(setup.zero_stage))
     total_steps = spec.training.max_steps
     total = step * total_steps if total_steps else None
     if total is None:
@@ -412,7 +421,8 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
             "after SIGTERM: the checkpoint is staged to host memory and written asynchronously; the grace period covers the write"
         )
     notes.append(
-        f"assumed MFU {mfu:.0%} of {tflops:g} TFLOPS, {flops / max(1, p_main):.1f} FLOPs per parameter per token; "
+        f"assumed MFU {mfu:.0%} of {tflops:g} TFLOPS, {flops / 1e9:.2f} GFLOP per token "
+        f"({flops / max(1, p_main):.1f} x the {p_main / 1e6:,.0f} M parameters of {main.display}); "
         f"checkpoints written at {timing.CHECKPOINT_WRITE_BYTES_PER_S / 1e6:.0f} MB/s"
     )
     return Plan(

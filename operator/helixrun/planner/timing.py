@@ -15,6 +15,11 @@ Assumptions (stated once, used everywhere):
   (a lookup, not a matmul).
 - CPU offload adds the CPU optimizer (1e9 params/s per rank) and PCIe traffic
   (half gradients down, half weights up at 12 GB/s) to every optimizer step.
+- Gradient synchronisation once per optimizer step (accumulation runs under
+  no_sync), not overlapped with compute: ring all-reduce of fp32 gradients for
+  DDP (2(N-1)/N x 4 B/param), reduce-scatter + all-gather of half gradients and
+  weights for ZeRO-2 (2(N-1)/N x 2 B/param each), at 150 GB/s over NVLink,
+  10 GB/s over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
 - Checkpoints are written at 500 MB/s (a network PVC: provisioned gp3, Ceph
   RBD); the pod's grace period is the save time x1.5 + 15 s, at least 60 s.
 """
@@ -29,6 +34,9 @@ MFU_SMALL = 0.20
 QLORA_MFU_FACTOR = 0.7
 CPU_ADAM_PARAMS_PER_S = 1e9
 PCIE_BYTES_PER_S = 12e9
+NVLINK_BYTES_PER_S = 150e9
+PCIE_P2P_BYTES_PER_S = 10e9
+INTERNODE_BYTES_PER_S = 12.5e9
 CHECKPOINT_WRITE_BYTES_PER_S = 500e6
 GRACE_MIN_SECONDS = 60
 GRACE_FIXED_SECONDS = 15
@@ -70,6 +78,17 @@ def forward_flops_per_token(matmul_params: int, layers: int, hidden: int, seq_le
 
 def offload_seconds_per_step(trainable_params_per_rank: float) -> float:
     return trainable_params_per_rank / CPU_ADAM_PARAMS_PER_S + 4 * trainable_params_per_rank / PCIE_BYTES_PER_S
+
+
+def sync_seconds_per_step(trainable_params: int, world: int, nodes: int, nvlink: bool, zero: bool) -> float:
+    if world <= 1:
+        return 0.0
+    bandwidth = NVLINK_BYTES_PER_S if nvlink else PCIE_P2P_BYTES_PER_S
+    if nodes > 1:
+        bandwidth = min(bandwidth, INTERNODE_BYTES_PER_S)
+    ring = 2 * (world - 1) / world
+    moved = ring * trainable_params * (2 + 2 if zero else 4)
+    return moved / bandwidth
 
 
 def checkpoint_save_seconds(checkpoint_bytes: int) -> float:

@@ -1,0 +1,95 @@
+"""The planner's choices: precision, ZeRO stage, checkpointing, checkpoints and grace periods, time and cost."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from helixrun.planner import make_plan, timing
+from helixrun.planner.models import lookup
+from tests.planner.conftest import make_spec, run
+
+
+def test_explicit_precision_is_honoured(pools):
+    plan = make_plan(make_spec(run("esm2-mlm", "a800", training={"precision": "fp16"})), pools["a800"])
+    assert plan.precision == "fp16" and any("GradScaler" in n for n in plan.notes)
+    plan = make_plan(make_spec(run("esm2-mlm", "a800", training={"precision": "fp32"})), pools["a800"])
+    assert plan.precision == "fp32" and plan.attention != "flash_attention_2", "FlashAttention-2 needs half precision"
+
+
+def test_bf16_on_a_pool_without_it_is_refused(pools):
+    plan = make_plan(make_spec(run("esm2-mlm", "rtx2080super", training={"precision": "bf16"})), pools["rtx2080super"])
+    assert not plan.fits and "has no bf16" in plan.refusal
+
+
+def test_auto_precision_and_attention_follow_the_pool(pools):
+    spec = make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esm2_t6_8M_UR50D"}))
+    a800 = make_plan(spec, pools["a800"])
+    turing = make_plan(spec, pools["rtx2080super"])
+    assert (a800.precision, a800.tf32, a800.attention) == ("bf16", True, "flash_attention_2")
+    assert (turing.precision, turing.tf32, turing.attention) == ("fp16", False, "sdpa")
+
+
+def test_large_full_runs_on_several_gpus_start_at_zero2(pools):
+    spec = make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esm2_t36_3B_UR50D"}, hardware={"gpusPerNode": 8}))
+    plan = make_plan(spec, pools["a800"])
+    assert plan.fits and (plan.distributed, plan.zero_stage, plan.offload) == ("deepspeed", 2, False)
+    assert plan.zero_bucket_elements == 50_000_000
+    small = make_plan(make_spec(run("esm2-mlm", "a800", hardware={"gpusPerNode": 8})), pools["a800"])
+    assert (small.distributed, small.zero_stage) == ("ddp", 0), "650M: DDP fits, ZeRO is not needed"
+
+
+def test_checkpointing_only_when_needed(pools):
+    at_512 = make_plan(make_spec(run("metagene-classification", "rtx4090")), pools["rtx4090"])
+    assert at_512.fits and not at_512.gradient_checkpointing
+    at_2048 = make_plan(make_spec(run("metagene-classification", "rtx4090", data={"maxSequenceLength": 2048})), pools["rtx4090"])
+    assert at_2048.fits and at_2048.gradient_checkpointing
+    assert any("gradient checkpointing on" in n for n in at_2048.notes)
+    assert any("512 positions" in n for n in at_2048.notes), "METAGENE-1 was trained on 512 positions"
+
+
+def test_big_checkpoints_are_saved_asynchronously_with_a_long_grace_period(pools):
+    """METAGENE-1 full on an A800: fp32 weights + AdamW states (+ half weights under ZeRO) ≈ 90 GB: minutes to write."""
+    plan = make_plan(make_spec(run("metagene-classification", "a800", model={"method": "full"})), pools["a800"])
+    assert plan.fits
+    p = lookup("metagene-ai/METAGENE-1").params("cls:2")
+    assert plan.checkpoint_bytes >= 12 * p
+    save = plan.checkpoint_bytes / timing.CHECKPOINT_WRITE_BYTES_PER_S
+    assert plan.async_checkpoint and save > 30
+    assert plan.grace_period_seconds == math.ceil(save * 1.5 + 15)
+    assert any("30 s torchrun allows" in n for n in plan.notes)
+    lora = make_plan(make_spec(run("metagene-classification", "a800")), pools["a800"])
+    assert not lora.async_checkpoint and lora.grace_period_seconds == 60
+    assert lora.checkpoint_bytes < 100e6, "adapters + their AdamW states only"
+
+
+def test_step_time_cost_and_eta_by_hand(pools):
+    """ESM-2 8M on one H100, 32 samples x 512: 6N + attention FLOPs per token at 20 % MFU of 989 TFLOPS."""
+    spec = make_spec(run("esm2-mlm", "h100", model={"name": "facebook/esm2_t6_8M_UR50D"},
+                         training={"globalBatch": {"samples": 32}, "maxSteps": 1000}))
+    plan = make_plan(spec, pools["h100"])
+    arch = lookup("facebook/esm2_t6_8M_UR50D")
+    n = arch.params("mlm")
+    flops = 6 * n + 6 * 2 * arch.layers * arch.hidden * 512
+    assert plan.flops_per_token == pytest.approx(flops)
+    step = 32 * 512 * flops / (989e12 * 0.20)
+    assert plan.step_seconds == pytest.approx(step)
+    assert plan.total_seconds == pytest.approx(1000 * step)
+    assert plan.cost_usd == pytest.approx(1000 * step / 3600 * 2.5)
+
+
+def test_lora_flops_are_four_n(pools):
+    plan = make_plan(make_spec(run("metagene-classification", "a800")), pools["a800"])
+    arch = lookup("metagene-ai/METAGENE-1")
+    n = arch.params("cls:2") - arch.vocab * arch.hidden
+    attention = 2 * arch.layers * arch.hidden * 512 / 2
+    assert plan.flops_per_token == pytest.approx(4 * n + 4 * attention)
+    assert plan.mfu == 0.40
+
+
+def test_pcie_pools_pay_for_gradient_sync(pools):
+    two = make_plan(make_spec(run("esm2-mlm", "rtx4090", hardware={"gpusPerNode": 2})), pools["rtx4090"])
+    sync = timing.sync_seconds_per_step(two.trainable_params, 2, 1, nvlink=False, zero=False)
+    assert sync == pytest.approx(2 * 0.5 * two.trainable_params * 4 / 10e9)
+    assert two.step_seconds > sync > 0
