@@ -3,13 +3,17 @@ commits only after both ranks' parts, and a 2-rank kill/resume is bitwise exact.
 
 from __future__ import annotations
 
+import argparse
 import re
 import socket
+import sys
+from pathlib import Path
 
 import yaml
 
 from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
 
+from helixrun_trainer import cli
 from helixrun_trainer.distributed import read_env
 
 
@@ -22,8 +26,8 @@ def free_port() -> int:
 class Ranks:
     """Two trainer processes with the environment a 2-pod PyTorchJob gives (one process per pod)."""
 
-    def __init__(self, run_file, workdir, pause: str | None = None):
-        cmd = train_command(run_file, workdir, "hardware.gpusPerNode=2")
+    def __init__(self, run_file, workdir, pause: str | None = None, cmd: list[str] | None = None):
+        cmd = cmd or train_command(run_file, workdir, "hardware.gpusPerNode=2")
         port = str(free_port())
         self.procs = [
             start_trainer(cmd, workdir, pause=pause, log_name=f"rank{r}.log", MASTER_ADDR="127.0.0.1",
@@ -80,3 +84,38 @@ def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
     assert len(set(digests(t.log).values())) == 1
     assert losses(resumed) == losses(reference)
     assert_bitwise_equal(final_weights(reference), final_weights(resumed), "2-rank final weights after resume")
+
+
+def fsdp_config(run_file, workdir) -> Path:
+    """A pod-mode config whose plan shards with FSDP (the planner picks FSDP only for large models)."""
+    args = argparse.Namespace(file=run_file, workdir=workdir, tiny=True, pools=None,
+                              set=["hardware.gpusPerNode=2", "training.maxSteps=12"])
+    cfg = cli.local_config(args)
+    cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"distributed": "fsdp"})})
+    path = workdir / "fsdp-config.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def pod_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "helixrun_trainer.cli", "--config", str(config), "--tiny", "--metrics-port", "0"]
+
+
+def test_fsdp_sharded_checkpoints_resume_exactly_in_pod_mode(run_file, tmp_path):
+    reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    t = Ranks(run_file, reference, cmd=pod_command(fsdp_config(run_file, reference)))
+    assert t.wait() == [0, 0], t.log[-4000:]
+    shards = sorted(p.name for p in (reference / "checkpoints" / "step-00000010" / "dcp").iterdir())
+    assert ".metadata" in shards and len([n for n in shards if n.endswith(".distcp")]) == 2, shards
+    manifest = (reference / "checkpoints" / "step-00000010" / "manifest.json").read_text()
+    assert "dcp/__1_0.distcp" in manifest, "rank 1's shard is not in the manifest"
+
+    config = fsdp_config(run_file, resumed)
+    t = Ranks(run_file, resumed, pause="8:after-step", cmd=pod_command(config))
+    t.procs[0].wait_paused(8, "after-step")
+    t.kill()
+    t = Ranks(run_file, resumed, cmd=pod_command(config))
+    assert t.wait() == [0, 0], t.log[-4000:]
+    assert "(step 5)" in t.log
+    assert losses(resumed) == losses(reference)
+    assert_bitwise_equal(final_weights(reference), final_weights(resumed), "FSDP final weights after resume")

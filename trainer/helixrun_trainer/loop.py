@@ -168,7 +168,34 @@ class Trainer:
 
     # -- checkpoint round trip ------------------------------------------------
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP: model and optimizer are sharded over ranks and saved with torch.distributed.checkpoint."""
+        return self.plan.distributed == "fsdp" and self.env.initialized
+
+    def _dcp_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optim_state}
+
+    def _save_sharded(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._dcp_state(), checkpoint_id=str(folder))
+
+    def _load_sharded(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._dcp_state()
+        dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
     def _shared_state(self) -> dict:
+        if self.sharded:
+            return {"scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                    "train": asdict(self.state), "data": self.batches.state_dict(self.state.step)}
         return {
             "model": self.recipe.trainable_state(self.module),
             "optimizer": self.optimizer.state_dict(),
@@ -184,7 +211,7 @@ class Trainer:
                 "method": self.plan.method, "grad_accum": self.grad_accum, "tiny": self.tiny, "reason": reason}
         self.checkpoints.save(self.state.step, shared=self._shared_state, part={"rng": rng_state()},
                               metrics=dict(self.state.eval_metrics) if self.state.last_eval_step == self.state.step else {},
-                              meta=meta)
+                              meta=meta, sharded=self._save_sharded if self.sharded else None)
         self.prom.observe("helixrun_checkpoint_save_duration_seconds", time.monotonic() - t0)
         saved = self.checkpoints.last_saved
         if saved is not None and saved.step == self.state.step:
@@ -198,12 +225,15 @@ class Trainer:
         if info is None:
             return
         shared, part = self.checkpoints.load(info)
-        missing, unexpected = self.module.load_state_dict(shared["model"], strict=False)
-        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        if unexpected or (set(missing) & trainable):
-            raise ConfigError(f"checkpoint {info.path} does not match the model: missing {sorted(set(missing) & trainable)[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-        self.optimizer.load_state_dict(shared["optimizer"])
+        if self.sharded:
+            self._load_sharded(info.path / "dcp")
+        else:
+            missing, unexpected = self.module.load_state_dict(shared["model"], strict=False)
+            trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+            if unexpected or (set(missing) & trainable):
+                raise ConfigError(f"checkpoint {info.path} does not match the model: missing "
+                                  f"{sorted(set(missing) & trainable)[:5]}, unexpected {unexpected[:5]}")
+            self.optimizer.load_state_dict(shared["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
         self.precision.load_state_dict(shared["precision"])
         self.state = TrainState(**shared["train"])
@@ -352,11 +382,19 @@ class Trainer:
         """final/: the recipe's Hugging Face export, staged and renamed like a checkpoint."""
         root = Path(self.cfg.paths.checkpoints)
         final, tmp = root / "final", root / "final.tmp"
+        module = self.module
+        if self.sharded:  # gather full weights (every rank takes part), export from an unsharded copy on rank 0
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.env.is_main:
+                module = self.recipe.build_model(self.cfg, self.tiny)
+                module.load_state_dict(full)
         if self.env.is_main:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-            self.recipe.export(self.module, self.cfg, tmp)
+            self.recipe.export(module, self.cfg, tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
