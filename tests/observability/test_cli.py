@@ -83,6 +83,23 @@ def test_watch_once_and_watch_of_a_finished_run_return(finished_run):
     assert proc.returncode == 0, proc.stderr  # finished: exits at once, 0 for Succeeded
 
 
+def test_watch_follows_a_live_local_run_until_it_finishes(tmp_path):
+    from .harness import Process, poll
+
+    workdir = tmp_path / "live"
+    trainer = Process("trainer", [str(VENV_BIN / "helixrun-train"), "--local", "-f", str(EXAMPLE), "--workdir",
+                                  str(workdir), "--tiny", "--metrics-port", "0", "--set", "training.maxSteps=80",
+                                  "--set", "checkpointing.everySteps=40"],
+                      tmp_path / "trainer.log", env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        poll("the run folder", lambda: (workdir / "config.yaml").exists(), timeout=120, on_timeout=trainer.tail)
+        proc = helixrun("watch", str(workdir), "--interval", "0.2", "--timeout", "180", timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr + trainer.tail()
+        assert "80/80" in proc.stdout and "Succeeded" in proc.stdout
+    finally:
+        trainer.stop()
+
+
 def test_watch_gives_up_after_its_timeout_on_a_run_that_never_finishes(finished_run, tmp_path):
     unfinished = tmp_path / "unfinished"
     (unfinished / "records").mkdir(parents=True)

@@ -22,7 +22,8 @@ import yaml
 
 from helixrun import api
 
-FINISHED = ("Succeeded", "Failed")
+# Phases after which nothing changes by itself: watch stops there. Stopped: a local run nobody trains any more.
+FINISHED = ("Succeeded", "Failed", "Stopped")
 
 
 # -- what a run looks like, wherever it runs -------------------------------------
