@@ -238,6 +238,18 @@ def test_plot_reads_a_cluster_run_from_prometheus(stack, tmp_path):
     assert curves.steps == sorted(curves.steps), "steps go backwards"
 
 
+def test_status_takes_eta_and_throughput_from_prometheus(stack):
+    from helixrun.cli import runs
+
+    view = runs.RunView(name=RUN, namespace=NAMESPACE, phase="Running", step=3, loss=9.0)
+    runs.enrich_from_prometheus(view, stack["prom"].url)
+    assert view.eta_seconds is not None and view.eta_seconds > 0
+    assert view.tokens_per_second is not None and view.tokens_per_second > 0
+    assert view.step == 3 and view.loss == 9.0, "the TrainingRun status keeps step and loss"
+    bare = runs.enrich_from_prometheus(runs.RunView(name=RUN, namespace=NAMESPACE), stack["prom"].url)
+    assert bare.step and bare.step > 3 and bare.loss is not None
+
+
 def test_stopped_trainer_fires_HelixrunTrainingStalled(stack):
     prom, trainer = stack["prom"], stack["trainer"]
     assert not prom.firing("HelixrunTrainingStalled", run=RUN)
