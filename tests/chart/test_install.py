@@ -61,6 +61,7 @@ def test_install_serves_the_crds_and_runs_the_operator(cluster, release):
         ("delete", "pods", "", True),
         ("create", "persistentvolumeclaims", "", True),
         ("create", "events.events.k8s.io", "", True),
+        ("patch", "pods", "", True),
         ("create", "pods", "", False),
         ("get", "secrets", "", False),
         ("delete", "trainingruns.helixrun.io", "", False),
@@ -120,9 +121,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _static_volumes(cluster, namespace: str, claims: list[str]) -> list[str]:
+    """PVs pre-bound to the run's claims: the test control plane has no provisioner."""
+    names = []
+    for claim in claims:
+        name = f"{namespace}-{claim}"
+        cluster.apply({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": "10Ti"}, "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/helixrun-pv/{name}"},
+                     "claimRef": {"namespace": namespace, "name": claim}},
+        })
+        names.append(name)
+    return names
+
+
 def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
     """The operator, authenticated as the chart's ServiceAccount and configured by
-    the chart's env, turns a TrainingRun into its children without one 403."""
+    the chart's env, creates a run's children and restarts its gang after a
+    retryable failure, without one 403; the trainer pod passes `restricted`."""
     import os
     import subprocess
     import sys
@@ -155,20 +172,43 @@ def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
     args = [a.replace(":8080/", f":{_free_port()}/").replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
     helixrun = Path(sys.executable).with_name("helixrun")
     log = tmp_path / "operator.log"
+    run = yaml.safe_load((repo / "examples" / "run-genechat.yaml").read_text())
+    claims = [run["spec"]["data"]["pvc"], "helixrun-model-cache", "genechat-checkpoints"]
+    volumes = _static_volumes(cluster, NAMESPACE, claims)
+    # The dataset claim is the user's, made before the run.
+    cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": claims[0], "namespace": NAMESPACE},
+                   "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volumes[0],
+                            "resources": {"requests": {"storage": "1Gi"}}}})
+
+    def wait(what, check, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"operator exited:\n{log.read_text()[-4000:]}"
+            result = check()
+            if result:
+                return result
+            time.sleep(1)
+        pytest.fail(f"{what} within {timeout} s; operator log:\n{log.read_text()[-4000:]}")
+
+    def master_pod():
+        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "training.kubeflow.org/job-name=genechat")["items"]
+        return next((p for p in pods if p["status"].get("phase") == "Running"
+                     and not p["metadata"].get("deletionTimestamp")), None)
+
     with log.open("w") as out:
         proc = subprocess.Popen([str(helixrun), "operator", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(repo / "examples" / "run-genechat.yaml"))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if cluster.kubectl("get", "pytorchjob", "genechat", "-n", NAMESPACE, check=False).returncode == 0:
-                break
-            assert proc.poll() is None, f"operator exited:\n{log.read_text()[-4000:]}"
-            time.sleep(1)
-        else:
-            pytest.fail(f"no PyTorchJob within 90 s:\n{log.read_text()[-4000:]}")
+        wait("a PyTorchJob", lambda: cluster.kubectl("get", "pytorchjob", "genechat", "-n", NAMESPACE,
+                                                     check=False).returncode == 0)
         for kind in ("configmap/genechat-config", "pvc/genechat-checkpoints", "service/genechat-metrics"):
             assert cluster.kubectl("get", kind, "-n", NAMESPACE, check=False).returncode == 0, kind
+        first = wait("a Running trainer pod (admitted under restricted Pod Security)", master_pod)
+        # A retryable failure (SIGKILL, 137): the operator marks the pod, restarts the gang, counts it.
+        cluster.kubectl("annotate", "pod", first["metadata"]["name"], "-n", NAMESPACE, "helixrun.io/test-exit-code=137")
+        wait("the restart counted in the run's status", lambda: (cluster.get_json(
+            "trainingrun", "genechat", "-n", NAMESPACE).get("status") or {}).get("restarts", 0) >= 1)
         cluster.kubectl("delete", "trainingrun", "genechat", "-n", NAMESPACE, "--wait=true", "--timeout=60s")
         text = log.read_text()
         assert "Forbidden" not in text and " 403" not in text, f"the chart's RBAC is missing a rule:\n{text[-4000:]}"
@@ -179,6 +219,12 @@ def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        cluster.kubectl("delete", "trainingrun", "genechat", "-n", NAMESPACE, "--ignore-not-found", "--wait=false",
+                        check=False)
+        for pvc in claims:
+            cluster.kubectl("delete", "pvc", pvc, "-n", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+        for pv in volumes:
+            cluster.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_watched_namespaces_get_roles_and_namespaced_peerings(cluster, release):
