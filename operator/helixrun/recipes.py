@@ -139,4 +139,8 @@ def merge(base: dict, override: dict) -> dict:
 
 def with_defaults(spec: dict) -> dict:
     """The run's spec with its recipe's defaults and the common ones filled in."""
-    return merge(merge(COMMON, DEFAULTS[spec["recipe"]]), spec)
+    merged = merge(merge(COMMON, DEFAULTS[spec["recipe"]]), spec)
+    model = merged.get("model", {})
+    if model.get("method") == "full" and "lora" not in spec.get("model", {}):
+        model.pop("lora", None)  # the recipe's adapter defaults do not apply to full training
+    return merged

@@ -11,6 +11,8 @@ PLAN_FITS = "PlanFits"
 JOB_CREATED = "JobCreated"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
 READY = "Running"
+SCHEDULED = "Scheduled"
+TRAINER_EXITED = "TrainerExited"
 # Spec fields a running run may change; everything else is fixed at creation.
 MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit"})
 
@@ -88,3 +90,14 @@ def changed_fields(old: dict, new: dict, prefix: str = "") -> set[str]:
 
 def refused_changes(old: dict, new: dict) -> list[str]:
     return sorted(path for path in changed_fields(old, new) if path.split(".")[0] not in MUTABLE_FIELDS)
+
+
+def explain(phase: str, conditions: list[dict] | None, job_message: str) -> str:
+    """The status message: the most specific explanation of the current phase."""
+    by_type = {c["type"]: c for c in conditions or []}
+    exited, scheduled = by_type.get(TRAINER_EXITED), by_type.get(SCHEDULED)
+    if phase in ("Failed", "Restarting") and exited and exited["status"] == "True":
+        return exited["message"]
+    if phase == "Pending" and scheduled and scheduled["status"] == "False":
+        return scheduled["message"]
+    return job_message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 import json
 import subprocess
 import sys
@@ -80,10 +81,12 @@ def operator(crd_installed, tmp_path_factory):
 @pytest.fixture
 def namespace(crd_installed):
     """A fresh namespace with what the chart gives each namespace: the trainer's ServiceAccount."""
-    name = f"it-{next(_namespaces)}"
+    name = f"it-{next(_namespaces)}-{uuid.uuid4().hex[:5]}"
     crd_installed.kubectl("create", "namespace", name)
     crd_installed.kubectl("create", "serviceaccount", "helixrun-trainer", "-n", name)
-    return name
+    yield name
+    # Free the fake GPUs for the next test: the cluster's capacity is shared.
+    crd_installed.kubectl("delete", "namespace", name, "--wait=true", "--timeout=180s", timeout=200)
 
 
 def run_object(path: Path, **spec_changes) -> dict:

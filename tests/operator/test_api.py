@@ -144,3 +144,9 @@ def test_validation_refuses_garbage_with_a_field_or_accepts_a_typed_run(section,
         assert all(f.startswith("spec") for f in exc.fields), exc.problems
     else:
         assert run.spec.recipe == "esm2-mlm"
+
+
+def test_full_training_drops_the_recipes_lora_defaults():
+    run = api.TrainingRun.from_object(base_run(recipe="genechat", model={"method": "full"}))
+    resolved = resolve(run, default_pools())
+    assert resolved.spec["model"]["method"] == "full" and "lora" not in resolved.spec["model"]

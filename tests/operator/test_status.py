@@ -33,8 +33,14 @@ def test_only_suspend_and_backoff_may_change_on_a_live_run():
     assert status.refused_changes(old, {**old, "suspend": True}) == []
 
 
-def job(*conditions):
-    return {"status": {"conditions": [dict(type=t, status=s, lastTransitionTime=ts, reason=t + "Reason") for t, s, ts in conditions]}}
+def job(*conditions, replicas=1, active=1):
+    return {
+        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1}, **({"Worker": {"replicas": replicas - 1}} if replicas > 1 else {})}},
+        "status": {
+            "conditions": [dict(type=t, status=s, lastTransitionTime=ts, reason=t + "Reason") for t, s, ts in conditions],
+            "replicaStatuses": {"Master": {"active": min(active, 1)}, "Worker": {"active": max(active - 1, 0)}},
+        },
+    }
 
 
 def test_job_phase_follows_the_newest_true_condition():
@@ -73,3 +79,24 @@ def test_a_failed_rank_restarts_its_live_peers_only():
 def test_unschedulable_pods_explain_why():
     assert "Insufficient nvidia.com/gpu" in unschedulable_message(pod("m", "Pending", scheduled=False))
     assert unschedulable_message(pod("m")) is None
+
+
+def test_conditions_in_the_same_second_resolve_to_the_later_stage():
+    backend = PyTorchJobBackend()
+    assert backend.job_state(job(("Created", "True", "5"), ("Running", "True", "5"))).phase == "Running"
+
+
+def test_a_running_master_with_unplaced_workers_is_still_pending():
+    backend = PyTorchJobBackend()
+    state = backend.job_state(job(("Running", "True", "1"), replicas=3, active=2))
+    assert (state.phase, state.message) == ("Pending", "2 of 3 pods running")
+    assert backend.job_state(job(("Running", "True", "1"), replicas=3, active=3)).phase == "Running"
+
+
+def test_the_message_explains_the_phase_most_specifically():
+    exited = status.set_condition([], status.TRAINER_EXITED, True, "PermanentExit", "pod m exited with code 2", "t")
+    unplaced = status.set_condition([], status.SCHEDULED, False, "Unschedulable", "Insufficient nvidia.com/gpu", "t")
+    assert status.explain("Failed", exited, "job failed") == "pod m exited with code 2"
+    assert status.explain("Running", exited, "job running") == "job running"
+    assert status.explain("Pending", unplaced, "1 of 3 pods running") == "Insufficient nvidia.com/gpu"
+    assert status.explain("Pending", [], "waiting") == "waiting"

@@ -164,7 +164,13 @@ class PyTorchJobBackend:
         conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
         if not conditions:
             return JobState("Pending", "JobCreated", "waiting for the training-operator")
-        latest = max(conditions, key=lambda c: c.get("lastTransitionTime") or c.get("lastUpdateTime") or "")
+        # Conditions set in the same second (Created, then Running) tie on time: later stages win.
+        stages = list(PHASES)
+        latest = max(
+            conditions,
+            key=lambda c: (c.get("lastTransitionTime") or c.get("lastUpdateTime") or "", stages.index(c["type"])
+                           if c["type"] in stages else -1),
+        )
         # Terminal and suspended states dominate a stale Running condition.
         for kind in ("Failed", "Succeeded", "Suspended"):
             dominant = next((c for c in conditions if c["type"] == kind), None)
@@ -172,6 +178,12 @@ class PyTorchJobBackend:
                 latest = dominant
                 break
         phase = PHASES.get(latest["type"], "Pending")
+        if phase == "Running":
+            # The master runs before the whole gang is placed; DDP trains only when every rank is up.
+            desired = sum(r.get("replicas", 1) for r in job["spec"]["pytorchReplicaSpecs"].values())
+            active = sum(r.get("active", 0) for r in (job.get("status") or {}).get("replicaStatuses", {}).values())
+            if active < desired:
+                return JobState("Pending", "GangIncomplete", f"{active} of {desired} pods running")
         return JobState(phase, latest.get("reason", latest["type"]), latest.get("message", ""))
 
     def suspend_patch(self, suspend: bool) -> dict:

@@ -150,9 +150,7 @@ def job_changed(type, body, namespace, logger, **_) -> None:
     now = st.now_iso()
     running = state.phase in ("Running", "Succeeded")
     conditions = st.set_condition(current.get("conditions"), st.READY, running, state.reason, state.message, now)
-    update = {"phase": state.phase, "conditions": conditions}
-    if state.phase != "Failed" or not current.get("message"):
-        update["message"] = state.message
+    update = {"phase": state.phase, "conditions": conditions, "message": st.explain(state.phase, conditions, state.message)}
     kube.patch_run_status(namespace, run_name, update)
     event = kopf.warn if state.phase in ("Failed", "Restarting") else kopf.info
     event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
@@ -161,13 +159,15 @@ def job_changed(type, body, namespace, logger, **_) -> None:
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 def pod_changed(type, body, namespace, memo, logger, **_) -> None:
     """Count restarts, restart whole gangs, and explain permanent failures and unschedulable pods."""
-    if type == "DELETED":
-        return
+    if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        return  # a pod being deleted (by us, for a gang restart) is no new failure
     run_name = body["metadata"]["labels"][RUN_LABEL]
     pending = unschedulable_message(body)
     if pending:
-        _explain(namespace, run_name, "Unschedulable", pending)
+        _set_scheduled(namespace, run_name, False, "Unschedulable", pending)
         return
+    if (body.get("status") or {}).get("phase") == "Running":
+        _set_scheduled(namespace, run_name, True, "Scheduled", "every pod is placed")
     ended = termination(body)
     if ended is None or body["metadata"].get("annotations", {}).get(RESTART_COUNTED):
         return
@@ -176,16 +176,20 @@ def pod_changed(type, body, namespace, memo, logger, **_) -> None:
     run = kube.get_run(namespace, run_name)
     if run is None:
         return
+    current = run.get("status") or {}
+    reason = "RetryableExit" if ended.retryable else "PermanentExit"
+    conditions = st.set_condition(current.get("conditions"), st.TRAINER_EXITED, True, reason, ended.describe(), st.now_iso())
     if not ended.retryable:
-        kube.patch_run_status(namespace, run_name, {"message": ended.describe()})
+        message = st.explain(current.get("phase", "Pending"), conditions, current.get("message", ""))
+        kube.patch_run_status(namespace, run_name, {"conditions": conditions, "message": message})
         kopf.warn(run, reason="PermanentFailure", message=ended.describe())
         return
     job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
     peers = peers_to_restart(_pod_dicts(namespace, job), ended.pod)
     for peer in peers:
         kube.delete_pod(namespace, peer)
-    restarts = int((run.get("status") or {}).get("restarts") or 0) + 1
-    kube.patch_run_status(namespace, run_name, {"restarts": restarts, "message": ended.describe()})
+    restarts = int(current.get("restarts") or 0) + 1
+    kube.patch_run_status(namespace, run_name, {"restarts": restarts, "conditions": conditions})
     gang = f"; restarting the gang ({', '.join(peers)})" if peers else ""
     kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{gang}; restart {restarts}")
 
@@ -197,13 +201,17 @@ def _pod_dicts(namespace: str, job: str) -> list[dict]:
     return [serialize(p) for p in kube.pods_of_job(namespace, job)]
 
 
-def _explain(namespace: str, run_name: str, reason: str, message: str) -> None:
+def _set_scheduled(namespace: str, run_name: str, scheduled: bool, reason: str, message: str) -> None:
     run = kube.get_run(namespace, run_name)
     if run is None:
         return
     current = run.get("status") or {}
-    if current.get("message") == message:
-        return
-    conditions = st.set_condition(current.get("conditions"), "Scheduled", False, reason, message, st.now_iso())
-    kube.patch_run_status(namespace, run_name, {"message": message, "conditions": conditions})
-    kopf.warn(run, reason=reason, message=message)
+    previous = next((c for c in current.get("conditions") or [] if c["type"] == st.SCHEDULED), None)
+    if previous is None and scheduled or previous and previous["status"] == str(scheduled) and previous["message"] == message:
+        return  # nothing to explain, or already explained
+    conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso())
+    phase = current.get("phase", "Pending")
+    fallback = "" if current.get("message") == (previous or {}).get("message") else current.get("message", "")
+    kube.patch_run_status(namespace, run_name, {"conditions": conditions, "message": st.explain(phase, conditions, fallback)})
+    if not scheduled:
+        kopf.warn(run, reason=reason, message=message)
