@@ -189,14 +189,15 @@ def example_copy(tmp: Path, name: str, drop_keep_best: bool = False) -> Path:
     return path
 
 
-def start_trainer(tmp: Path, name: str, port: int, sets: list[str], drop_keep_best: bool = False) -> Process:
+def start_trainer(tmp: Path, name: str, port: int, sets: list[str], drop_keep_best: bool = False,
+                  env: dict | None = None) -> Process:
     """A tiny CPU run that keeps training (a huge maxSteps) and serves its metrics on `port`."""
     example = example_copy(tmp, name, drop_keep_best)
     argv = [str(VENV_BIN / "helixrun-train"), "--local", "-f", str(example), "--workdir", str(tmp / name), "--tiny",
             "--metrics-port", str(port), "--set", "training.maxSteps=1000000"]
     for assignment in sets:
         argv += ["--set", assignment]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HELIXRUN_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HELIXRUN_LOG_LEVEL": "WARNING", **(env or {})}
     return Process(f"trainer {name}", argv, tmp / f"{name}.log", env=env)
 
 

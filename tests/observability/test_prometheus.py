@@ -23,7 +23,8 @@ from .harness import Prometheus, http_get, poll, start_operator_metrics, start_t
 
 pytestmark = pytest.mark.slow
 
-RUN, NAN_RUN, NAMESPACE, POOL = "obs-run", "obs-nan", "default", "a800"
+RUN, NAN_RUN, HUNG_RUN, NAMESPACE, POOL = "obs-run", "obs-nan", "obs-hung", "default", "a800"
+HANG_AT_STEP = 30
 
 # Alert windows of seconds: the same rules as the chart's, other parameter values.
 TEST_RULES = {
@@ -45,7 +46,7 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("observability")
     processes = []
     try:
-        ports = {"op": 0, "run": 0, "nan": 0}
+        ports = {"op": 0, "run": 0, "nan": 0, "hung": 0}
         from .harness import free_port
 
         ports = {k: free_port() for k in ports}
@@ -62,11 +63,17 @@ def stack(tmp_path_factory):
                                     ["training.optimizer.lr=1e30", "checkpointing.everySteps=100000",
                                      "evaluation.everySteps=100000"], drop_keep_best=True)
         processes.append(nan_trainer)
+        # The runtime's documented fault hook: the loop blocks after a step, the exporter thread keeps answering.
+        hung_trainer = start_trainer(tmp, HUNG_RUN, ports["hung"], ["checkpointing.everySteps=100000",
+                                                                    "evaluation.everySteps=100000"],
+                                     env={"HELIXRUN_TEST_PAUSE": f"{HANG_AT_STEP}:after-step"})
+        processes.append(hung_trainer)
         trainer_target = lambda port, run: {"targets": [f"127.0.0.1:{port}"], "labels": {"run": run, "namespace": NAMESPACE}}
         prom = Prometheus(tmp / "prometheus", [
             # As the chart's PodMonitor: trainer labels win, `run` is a target label.
             {"job_name": "helixrun-trainers", "honor_labels": True,
-             "static_configs": [trainer_target(ports["run"], RUN), trainer_target(ports["nan"], NAN_RUN)]},
+             "static_configs": [trainer_target(ports["run"], RUN), trainer_target(ports["nan"], NAN_RUN),
+                                trainer_target(ports["hung"], HUNG_RUN)]},
             # As the chart's ServiceMonitor.
             {"job_name": "helixrun-operator", "honor_labels": True,
              "static_configs": [{"targets": [f"127.0.0.1:{ports['op']}"]}]},
@@ -77,9 +84,9 @@ def stack(tmp_path_factory):
         def diagnostics() -> str:
             return "".join(p.tail() for p in processes)
 
-        poll("every target up", lambda: all(p.alive() for p in processes[:3]) and
+        poll("every target up", lambda: all(p.alive() for p in processes[:4]) and
              prom.targets_up({"helixrun-trainers", "helixrun-operator"}) and
-             len([t for t in prom.api("targets")["data"]["activeTargets"] if t["health"] == "up"]) == 3,
+             len([t for t in prom.api("targets")["data"]["activeTargets"] if t["health"] == "up"]) == 4,
              timeout=90, on_timeout=diagnostics)
         # Data for every panel: an evaluation, a checkpoint, and enough samples for rate windows.
         for what, expr in [
@@ -89,7 +96,8 @@ def stack(tmp_path_factory):
             ("operator samples", 'count_over_time(helixrun_operator_runs{phase="Running"}[1m]) >= 3'),
         ]:
             poll(what, lambda: prom.query(expr)["data"]["result"], timeout=90, on_timeout=diagnostics)
-        yield {"prom": prom, "trainer": trainer, "nan_trainer": nan_trainer, "operator": operator,
+        yield {"prom": prom, "trainer": trainer, "nan_trainer": nan_trainer, "hung_trainer": hung_trainer,
+               "operator": operator,
                "ports": ports, "diagnostics": diagnostics}
     finally:
         for process in reversed(processes):
@@ -204,6 +212,21 @@ def test_nan_loss_fires_HelixrunLossNaN(stack):
     assert firing[0]["labels"]["namespace"] == NAMESPACE
     assert NAN_RUN in firing[0]["annotations"]["summary"]
     assert not prom.firing("HelixrunLossNaN", run=RUN), "the healthy run is reported NaN"
+
+
+def test_hung_training_loop_fires_HelixrunTrainingStalled_while_its_exporter_answers(stack):
+    prom = stack["prom"]
+    poll(f"the hung run to stop at step {HANG_AT_STEP}",
+         lambda: prom.query(f'helixrun_train_step{{run="{HUNG_RUN}"}} == {HANG_AT_STEP}')["data"]["result"],
+         timeout=60, on_timeout=stack["diagnostics"])
+    firing = poll("HelixrunTrainingStalled firing for the hung run",
+                  lambda: prom.firing("HelixrunTrainingStalled", run=HUNG_RUN), timeout=60,
+                  on_timeout=stack["diagnostics"])
+    assert firing[0]["labels"]["namespace"] == NAMESPACE
+    # The stall was seen in the step series, not as a dead target.
+    up = prom.query(f'up{{run="{HUNG_RUN}"}}')["data"]["result"]
+    assert up and up[0]["value"][1] == "1", f"the hung trainer's exporter should still answer: {up}"
+    assert stack["hung_trainer"].alive()
 
 
 def test_repeated_restarts_fire_HelixrunRestartsLooping(stack):
