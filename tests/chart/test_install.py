@@ -254,3 +254,25 @@ def test_watched_namespaces_get_roles_and_namespaced_peerings(cluster, release):
         uninstall_chart(cluster.kubeconfig, name, NAMESPACE)
         for ns in watched:
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_every_option_passes_server_side_validation(cluster, release):
+    """values-all.yaml rendered and dry-run applied: the API server accepts every object
+    (the Prometheus Operator kinds aside: the test cluster has no such CRDs)."""
+    from pathlib import Path
+
+    import yaml
+
+    from tests.chart import helm
+
+    values_all = Path(__file__).with_name("values-all.yaml")
+    values = yaml.safe_load(values_all.read_text())
+    namespaces = values["trainer"]["namespaces"] + [values["monitoring"]["dashboards"]["namespace"]]
+    for ns in namespaces:
+        cluster.kubectl("create", "namespace", ns, check=False)
+    objects = [o for o in helm.template(values_files=[values_all], namespace=NAMESPACE)
+               if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {"StatefulSet", "KopfPeering", "Role", "ClusterRole"} <= {o["kind"] for o in objects}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-",
+                             input=yaml.safe_dump_all(objects), check=False)
+    assert result.returncode == 0, result.stderr
