@@ -26,12 +26,12 @@ def free_port() -> int:
 class Ranks:
     """Two trainer processes with the environment a 2-pod PyTorchJob gives (one process per pod)."""
 
-    def __init__(self, run_file, workdir, pause: str | None = None, cmd: list[str] | None = None):
+    def __init__(self, run_file, workdir, pause: str | None = None, cmd: list[str] | None = None, **env: str):
         cmd = cmd or train_command(run_file, workdir, "hardware.gpusPerNode=2")
         port = str(free_port())
         self.procs = [
             start_trainer(cmd, workdir, pause=pause, log_name=f"rank{r}.log", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK="0")
+                          MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK="0", **env)
             for r in range(2)
         ]
 
@@ -61,7 +61,8 @@ def test_environment_of_a_pytorchjob_pod_and_of_torchrun():
 
 def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
     reference = tmp_path / "uninterrupted"
-    t = Ranks(run_file, reference)
+    # The uninterrupted run saves asynchronously, the interrupted one synchronously: same checkpoints, same run.
+    t = Ranks(run_file, reference, HELIXRUN_ASYNC_CHECKPOINT="1")
     assert t.wait() == [0, 0], t.log[-4000:]
     agreed = digests(t.log)
     assert set(agreed) == {0, 1} and len(set(agreed.values())) == 1, f"rank weight digests: {agreed}"

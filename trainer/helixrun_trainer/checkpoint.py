@@ -232,9 +232,8 @@ class CheckpointManager:
         self.keep_last, self.best_metric, self.best_mode = keep_last, best_metric, best_mode
         self.archive_every = archive_every
         self.checksums_on_load = checksums_on_load
-        self.async_save = async_save and env.world_size == 1
-        self._pending: threading.Thread | None = None
-        self._pending_error: BaseException | None = None
+        self.async_save = async_save
+        self._pending: _Pending | None = None
         self.last_saved: CheckpointInfo | None = None
 
     # Start of a run: stale .tmp and .deleting folders belong to a dead process.
@@ -272,8 +271,12 @@ class CheckpointManager:
 
     def save(self, step: int, *, shared: Callable[[], dict], part: dict, metrics: dict,
              sharded: Callable[[Path], None] | None = None, meta: dict | None = None) -> None:
-        """Write step `step`. `shared()` is called on rank 0 only (the model/optimizer state); `part` is this
-        rank's own state; `sharded(dir)` is a collective writer (DCP) every rank calls."""
+        """Write step `step`; every rank calls it at the same step. `shared()` is called on rank 0 only (model,
+        optimizer...); `part` is this rank's own state; `sharded(dir)` is a collective writer (DCP).
+
+        Async mode: the state is copied to CPU here (the blocking part) and written by a background thread
+        that runs no collectives; the commit (.done markers, barrier, rank 0's rename) happens in
+        `finish_if_ready`/`wait`, which every rank reaches at the same step."""
         self.wait()
         tmp = self.root / (step_dir_name(step) + ".tmp")
         if self.env.is_main:
@@ -285,45 +288,65 @@ class CheckpointManager:
         if sharded is not None:
             sharded(tmp / "dcp")
         shared_state = shared() if self.env.is_main else None
-        if self.async_save:
-            # Snapshot now (training mutates the tensors next step); write and commit in the background.
-            shared_state = _cpu_copy(shared_state)
-            part = _cpu_copy(part)
-            self._pending = threading.Thread(
-                target=self._write_guarded, args=(tmp, step, shared_state, part, metrics, meta), daemon=True,
-                name=f"checkpoint-{step}")
-            self._pending.start()
+        if not self.async_save:
+            files = self._write_files(tmp, step, shared_state, part)
+            self._finalize(tmp, step, files, metrics, meta)
             return
-        self._write(tmp, step, shared_state, part, metrics, meta)
+        pending = _Pending(step=step, tmp=tmp, metrics=metrics, meta=meta)
+        snapshot, part = _cpu_copy(shared_state), _cpu_copy(part)
+
+        def write() -> None:
+            try:
+                pending.files = self._write_files(tmp, step, snapshot, part)
+            except BaseException as exc:  # re-raised by wait() on the training thread
+                pending.error = exc
+
+        pending.thread = threading.Thread(target=write, daemon=True, name=f"checkpoint-{step}")
+        pending.thread.start()
+        self._pending = pending
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def part_written(self) -> bool:
+        """This rank's files of the pending async save are on disk (or nothing is pending)."""
+        return self._pending is None or not self._pending.thread.is_alive()
+
+    def finish_if_ready(self, all_ranks_written: bool) -> None:
+        """Commit a pending async save once every rank's part is written (the flag is all-reduced by the caller)."""
+        if self._pending is not None and all_ranks_written:
+            self.wait()
 
     def wait(self) -> None:
-        """Block until an asynchronous save has committed (re-raising its error)."""
-        if self._pending is not None:
-            self._pending.join()
-            self._pending = None
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
+        """Commit a pending async save, waiting for its writer; a collective when a save is pending."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.thread.join()
+        if pending.error is not None:
+            raise pending.error
+        self._finalize(pending.tmp, pending.step, pending.files, pending.metrics, pending.meta)
 
-    def _write_guarded(self, *args) -> None:
-        try:
-            self._write(*args)
-        except BaseException as exc:  # surfaced by wait() on the training thread
-            self._pending_error = exc
-
-    def _write(self, tmp: Path, step: int, shared_state: dict | None, part: dict, metrics: dict,
-               meta: dict | None) -> None:
+    def _write_files(self, tmp: Path, step: int, shared_state: dict | None, part: dict) -> dict:
+        """This rank's files, durably; no collectives (runs in the async writer thread too)."""
         files: dict[str, dict] = {}
         if shared_state is not None:
             files[SHARED] = durable_torch_save(shared_state, tmp / SHARED)
         name = rank_file(self.env.rank)
         files[name] = durable_torch_save(part, tmp / name)
         pause_point(self.root, step, "parts", self.env.rank)
+        return files
+
+    def _finalize(self, tmp: Path, step: int, files: dict, metrics: dict, meta: dict | None) -> None:
         durable_text(tmp / f"rank-{self.env.rank:05d}.done", json.dumps(files))
         barrier(self.env)
         if self.env.is_main:
             self._commit(tmp, step, metrics, meta)
         barrier(self.env)
+        if not self.env.is_main:
+            final = self.root / step_dir_name(step)
+            self.last_saved = CheckpointInfo(final, step, read_manifest(final))
 
     def _commit(self, tmp: Path, step: int, metrics: dict, meta: dict | None) -> None:
         files: dict[str, dict] = {}
@@ -368,6 +391,17 @@ class CheckpointManager:
         if removed:
             log.info("retention removed checkpoints at steps %s", removed)
         return removed
+
+
+@dataclass
+class _Pending:
+    step: int
+    tmp: Path
+    metrics: dict
+    meta: dict | None
+    thread: threading.Thread | None = None
+    files: dict = field(default_factory=dict)
+    error: BaseException | None = None
 
 
 def checkpoint_bytes(info: CheckpointInfo) -> int:

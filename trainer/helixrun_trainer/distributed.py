@@ -86,15 +86,6 @@ def all_reduce_sum(env: DistEnv, values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def any_rank(env: DistEnv, flag: bool) -> bool:
-    """True on every rank if it is true on any (so all ranks stop at the same step)."""
-    if not env.initialized:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=env.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer, in state_dict order (replicated weights only: not FSDP shards)."""
     import hashlib
@@ -116,6 +107,15 @@ def check_replicas_agree(env: DistEnv, model: torch.nn.Module) -> str:
             raise RuntimeError(f"ranks diverged: weight digests {digests}")
     log.info("weights sha256=%s agree across %d rank(s)", digest, env.world_size)
     return digest
+
+
+def flags_any(env: DistEnv, *flags: bool) -> list[bool]:
+    """Each flag true on every rank if it is true on any rank: one small all-reduce for several decisions."""
+    if not env.initialized:
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def wrap(model: torch.nn.Module, plan, env: DistEnv, find_unused_parameters: bool = False) -> torch.nn.Module:

@@ -165,6 +165,7 @@ class Trainer:
         for name in (ev.metrics if ev and ev.metrics else []):  # NaN until the first evaluation
             self.prom.set("helixrun_eval_metric", float("nan"), metric=f"eval_{name}")
         self.resumed_from = 0
+        self._exported_checkpoint_step: int | None = None
 
     # -- checkpoint round trip ------------------------------------------------
 
@@ -212,12 +213,16 @@ class Trainer:
         self.checkpoints.save(self.state.step, shared=self._shared_state, part={"rng": rng_state()},
                               metrics=dict(self.state.eval_metrics) if self.state.last_eval_step == self.state.step else {},
                               meta=meta, sharded=self._save_sharded if self.sharded else None)
-        self.prom.observe("helixrun_checkpoint_save_duration_seconds", time.monotonic() - t0)
+        self.prom.observe("helixrun_checkpoint_save_duration_seconds", time.monotonic() - t0)  # the blocking part
+        self._export_checkpoint()
+
+    def _export_checkpoint(self) -> None:
         saved = self.checkpoints.last_saved
-        if saved is not None and saved.step == self.state.step:
+        if saved is not None and saved.step != self._exported_checkpoint_step:
+            self._exported_checkpoint_step = saved.step
             self.prom.set("helixrun_checkpoint_size_bytes", checkpoint_bytes(saved))
             self.prom.set("helixrun_checkpoint_last_step", saved.step)
-            self.prom.set("helixrun_checkpoint_last_timestamp_seconds", time.time())
+            self.prom.set("helixrun_checkpoint_last_timestamp_seconds", saved.manifest.get("created_unix", time.time()))
 
     def resume(self) -> None:
         self.checkpoints.clean_stale()
@@ -346,16 +351,21 @@ class Trainer:
                     self.records.write(record)
                 progress.update(record, logged)
                 pause_point(self.checkpoints.root, step, "after-step", env.rank)
-                stop = distributed.any_rank(env, preempt.requested)
+                # One all-reduce per step: did any rank get SIGTERM; is any rank still writing an async save.
+                stop, writing = distributed.flags_any(env, preempt.requested, not self.checkpoints.part_written())
+                self.checkpoints.finish_if_ready(all_ranks_written=not writing)
+                self._export_checkpoint()
                 if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
                     self.save("preempted" if stop else "periodic")
                 if stop:
                     self.checkpoints.wait()
+                    self._export_checkpoint()
                     progress.message(f"preempted: checkpoint at step {step} committed, exiting {preempt.exit_code}")
                     exit_code = preempt.exit_code
                     break
             else:
                 self.checkpoints.wait()
+                self._export_checkpoint()
                 if self.plan.distributed in ("none", "ddp"):
                     distributed.check_replicas_agree(env, self.module)
                 self.export_final()

@@ -49,9 +49,13 @@ class PrometheusExporter:
         self.port = None
         self.server = None
         if port is not None:
-            self.server, _ = start_http_server(port, registry=self.registry)
-            self.port = self.server.server_port
-            log.info("metrics on :%d/metrics", self.port)
+            try:
+                self.server, _ = start_http_server(port, registry=self.registry)
+            except OSError as exc:  # a second local run on the same port: train on, unscraped
+                log.warning("metrics server not started on port %d: %s (use --metrics-port 0)", port, exc)
+            else:
+                self.port = self.server.server_port
+                log.info("metrics on :%d/metrics", self.port)
         # Label sets exist from the start so a scrape finds every series before the first step.
         for name, col in self.c.items():
             if name == "helixrun_train_info":
