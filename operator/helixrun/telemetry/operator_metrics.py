@@ -21,9 +21,11 @@ Wiring (helixrun/controller/handlers.py)::
     def run_metrics(type, name, namespace, spec, status, **_):
         if type == "DELETED":
             operator_metrics.run_gone(namespace, name)
-        else:
-            operator_metrics.run_seen(namespace, name, status.get("phase") or "Pending",
-                                      spec.get("hardware", {}).get("pool", "unknown"), status.get("gpus") or 0)
+            return
+        hardware = spec.get("hardware", {})
+        gpus = status.get("gpus") or hardware.get("nodes", 1) * hardware.get("gpusPerNode", 1)
+        operator_metrics.run_seen(namespace, name, status.get("phase") or "Pending",
+                                  hardware.get("pool", "unknown"), gpus)
 
 and in the handlers: `@operator_metrics.instrumented("reconcile", ignore=(kopf.TemporaryError,))`
 under each `@kopf.on.*`, `operator_metrics.plan_refused(pool)` where a plan is
