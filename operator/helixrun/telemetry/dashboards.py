@@ -87,7 +87,7 @@ RUN_ROWS: tuple[Row, ...] = (
             _stat(
                 "Last checkpoint age",
                 "s",
-                f"time() - max by (run) (helixrun_checkpoint_last_timestamp_seconds{RUN})",
+                f"time() - max by (run) (helixrun_checkpoint_last_timestamp_seconds{RUN} > 0)",
             ),
             _stat("Restarts", "none", f"max by (run) (helixrun_train_restarts_total{RUN})",
                   description="Times the run resumed from a checkpoint after a restart."),
@@ -130,7 +130,7 @@ RUN_ROWS: tuple[Row, ...] = (
         "Checkpoints",
         (
             Panel("Checkpoint age", "timeseries", "s",
-                  (_q(f"time() - max by (run) (helixrun_checkpoint_last_timestamp_seconds{RUN})", "{{run}}"),),
+                  (_q(f"time() - max by (run) (helixrun_checkpoint_last_timestamp_seconds{RUN} > 0)", "{{run}}"),),
                   "Seconds since the last complete checkpoint.", width=8),
             Panel("Checkpoint save time", "timeseries", "s",
                   (_q(f"max by (run) (helixrun_checkpoint_save_duration_seconds_sum{RUN}"
