@@ -53,6 +53,7 @@ class Panel:
     description: str = ""
     width: int = 12
     height: int = 8
+    show_name: bool = False  # stat panels: print the legend (series name) beside the value
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ def _q(expr: str, legend: str = "") -> Query:
     return Query(expr, legend)
 
 
-def _stat(title: str, unit: str, expr: str, legend: str = "{{run}}", description: str = "") -> Panel:
-    return Panel(title, "stat", unit, (_q(expr, legend),), description, width=4, height=4)
+def _stat(title: str, unit: str, expr: str, legend: str = "{{run}}", description: str = "",
+          show_name: bool = False) -> Panel:
+    return Panel(title, "stat", unit, (_q(expr, legend),), description, width=4, height=4, show_name=show_name)
 
 
 # -- the run dashboard --------------------------------------------------------
@@ -96,6 +98,7 @@ RUN_ROWS: tuple[Row, ...] = (
                 "none",
                 f"max by (run, recipe, pool, method, precision) (helixrun_train_info{RUN})",
                 legend="{{recipe}} on {{pool}}: {{method}}, {{precision}}",
+                show_name=True,
             ),
         ),
     ),
@@ -262,7 +265,7 @@ def _panel(panel: Panel):
             stat_b.Panel()
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
             .graph_mode(common_m.BigValueGraphMode.NONE)
-            .text_mode(common_m.BigValueTextMode.VALUE_AND_NAME if panel.title == "Run" else common_m.BigValueTextMode.AUTO)
+            .text_mode(common_m.BigValueTextMode.NAME if panel.show_name else common_m.BigValueTextMode.AUTO)
         )
     else:
         builder = ts_b.Panel().legend(
