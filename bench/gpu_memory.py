@@ -4,6 +4,7 @@
     python bench/gpu_memory.py --quick           # a few cases
     python bench/gpu_memory.py --json out.json   # also write the rows
     python bench/gpu_memory.py --dry-run         # predictions only (no GPU needed)
+    python bench/gpu_memory.py --cpu             # small shapes on CPU, peak from live-tensor tracking
 
 Each case builds a randomly initialised transformers model of a recipe's
 architecture family at a tiny-to-medium shape (Llama like METAGENE-1 / Vicuna,
@@ -16,6 +17,13 @@ planner's `MemoryEstimate.allocated` (weights + gradients + optimizer +
 activations: no CUDA context, no fragmentation, which the allocator's counter
 does not see either). The goal: every prediction within 15 %, and no case the
 planner would call fitting that measures above the pool.
+
+`--cpu` runs smaller shapes on the CPU and measures the peak by tracking every
+storage a step allocates (a TorchDispatchMode holding weak references; the live
+total after each op) on top of the parameters, gradients and optimizer states:
+the same accounting as the CUDA caching allocator's counter, without its block
+rounding and without CUDA kernels' workspaces. Evidence where no GPU is lent,
+not a substitute for the GPU run.
 """
 
 from __future__ import annotations
@@ -46,11 +54,13 @@ class Case:
     micro_batch: int
     seq_len: int
     checkpointing: bool
+    attention: str | None = None  # None: the best the device has
 
     @property
     def name(self) -> str:
         ckpt = "+ckpt" if self.checkpointing else ""
-        return f"{self.label} {self.method}{ckpt} b{self.micro_batch} s{self.seq_len}"
+        attention = f" {self.attention}" if self.attention else ""
+        return f"{self.label} {self.method}{ckpt} b{self.micro_batch} s{self.seq_len}{attention}"
 
 
 def llama(label: str, hidden: int, layers: int, heads: int, ffn: int, vocab: int) -> Architecture:
@@ -89,6 +99,24 @@ def matrix(quick: bool) -> list[Case]:
     return cases
 
 
+def cpu_matrix(quick: bool) -> list[Case]:
+    small_llama = llama("llama-small", 512, 4, 8, 1376, 1024)
+    small_vocab = llama("llama-32k-vocab", 256, 2, 4, 688, 32000)
+    small_esm = esm("esm2-small", 320, 4, 20)
+    cases = []
+    for method in ("full", "lora"):
+        for ckpt in (False, True):
+            cases.append(Case("llama-small", small_llama, "lm", method, 2, 256, ckpt))
+            cases.append(Case("llama-small-cls", small_llama, "cls:2", method, 4, 128, ckpt))
+    cases.append(Case("llama-32k-vocab", small_vocab, "lm", "lora", 2, 256, False))
+    cases.append(Case("llama-32k-vocab", small_vocab, "lm", "full", 2, 256, False))
+    # ESM passes a padding mask: CPU SDPA then takes the math path (s² saved), which CUDA does not; compare eager.
+    for method in ("full", "lora"):
+        cases.append(Case("esm2-small", small_esm, "mlm", method, 4, 128, False, "eager"))
+    cases.append(Case("esm2-small", small_esm, "mlm", "full", 4, 128, True, "eager"))
+    return cases[::3] if quick else cases
+
+
 def lora_targets(arch: Architecture) -> tuple[str, ...]:
     return ("q_proj", "v_proj") if arch.family == "llama" else ("query", "value")
 
@@ -105,7 +133,7 @@ def predict(case: Case, memory_gib: float, attention: str) -> float:
     return estimate(ctx, Setup(case.method, checkpointing=case.checkpointing), case.micro_batch).allocated
 
 
-def build(case: Case, attention: str):
+def build(case: Case, attention: str, device: str = "cuda"):
     import torch
     import transformers
 
@@ -129,9 +157,9 @@ def build(case: Case, attention: str):
         )
         cls = transformers.EsmForMaskedLM
     if case.method == "full":
-        model = cls(cfg).to("cuda")  # fp32 weights: autocast trains them in bf16
+        model = cls(cfg).to(device)  # fp32 weights: autocast trains them in bf16
     elif case.method == "lora":
-        model = cls(cfg).to(dtype=torch.bfloat16, device="cuda")
+        model = cls(cfg).to(dtype=torch.bfloat16, device=device)
     else:
         import tempfile
 
@@ -195,6 +223,76 @@ def measure(case: Case, attention: str) -> float | str:
     return peak
 
 
+class LivePeak:
+    """Peak bytes of storages allocated during a region and alive at once (CPU stand-in for max_memory_allocated)."""
+
+    def __new__(cls, existing: set[int]):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        class Mode(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.refs: dict[int, tuple[object, int]] = {}
+                self.live = 0
+                self.peak = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for key in [k for k, (ref, _) in self.refs.items() if ref.expired()]:
+                    self.live -= self.refs.pop(key)[1]
+                for t in tree_flatten(out)[0]:
+                    if hasattr(t, "untyped_storage"):
+                        storage = t.untyped_storage()
+                        key = storage.data_ptr()
+                        # in-place ops return parameters, gradients, optimizer states: not new memory
+                        if key and key not in self.refs and key not in existing:
+                            self.refs[key] = (StorageWeakRef(storage), storage.nbytes())
+                            self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                return out
+
+        return Mode()
+
+
+def measure_cpu(case: Case, attention: str) -> float | str:
+    """Parameters + gradients + optimizer states + the step's peak of live new storages, GiB, on CPU."""
+    import torch
+
+    if case.method == "qlora":
+        return "skipped: NF4 needs CUDA"
+    torch.manual_seed(0)
+    model = build(case, attention, device="cpu")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=False)  # fused on GPU: no temporaries either
+    high = case.arch.vocab - 1 if case.arch.family == "llama" else 29
+    ids = torch.randint(4, high, (case.micro_batch, case.seq_len))
+    labels = torch.randint(0, int(case.head[4:]), (case.micro_batch,)) if case.head.startswith("cls:") else ids
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    step()
+    storages = {}
+    for p in model.parameters():
+        storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+        if p.grad is not None:
+            storages[p.grad.untyped_storage().data_ptr()] = p.grad.untyped_storage().nbytes()
+    for state in optimizer.state.values():
+        for t in state.values():
+            if torch.is_tensor(t):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    mode = LivePeak(set(storages))
+    with mode:
+        step()
+    return (sum(storages.values()) + mode.peak) / GIB
+
+
 def attention_available() -> str:
     try:
         import flash_attn  # noqa: F401
@@ -208,13 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every fourth case")
     parser.add_argument("--dry-run", action="store_true", help="predictions only; no GPU needed")
+    parser.add_argument("--cpu", action="store_true", help="small shapes on CPU, peak from live-tensor tracking")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--only", help="run cases whose name contains this")
     args = parser.parse_args(argv)
 
-    cases = [c for c in matrix(args.quick) if not args.only or args.only in c.name]
+    cases = [c for c in (cpu_matrix if args.cpu else matrix)(args.quick) if not args.only or args.only in c.name]
+    measure_case = measure
     if args.dry_run:
         memory, attention, device = 80.0, "sdpa", "none (dry run)"
+    elif args.cpu:
+        memory, attention, device, measure_case = 80.0, "sdpa", "cpu (live-tensor tracking)", measure_cpu
     else:
         try:
             import torch
@@ -233,22 +335,24 @@ def main(argv: list[str] | None = None) -> int:
         attention, device = attention_available(), torch.cuda.get_device_name(0)
 
     print(f"device: {device}; attention: {attention}; target: every prediction within {TARGET:.0%}")
-    header = f"{'case':<40} {'predicted GiB':>13} {'measured GiB':>13} {'error':>8}  verdict"
+    unit = "MiB" if args.cpu else "GiB"
+    scale = 1024 if args.cpu else 1
+    header = f"{'case':<40} {'predicted ' + unit:>13} {'measured ' + unit:>13} {'error':>8}  verdict"
     print(header)
     print("-" * len(header))
     rows, worst, misses = [], 0.0, 0
     for case in cases:
-        predicted = predict(case, memory, attention)
-        measured = None if args.dry_run else measure(case, attention)
+        predicted = predict(case, memory, case.attention or attention)
+        measured = None if args.dry_run else measure_case(case, case.attention or attention)
         if isinstance(measured, float):
             error = (predicted - measured) / measured
             worst = max(worst, abs(error))
             verdict = "ok" if abs(error) <= TARGET else ("over" if error > 0 else "UNDER")
             misses += verdict != "ok"
-            print(f"{case.name:<40} {predicted:>13.2f} {measured:>13.2f} {error:>+8.1%}  {verdict}")
+            print(f"{case.name:<40} {predicted * scale:>13.2f} {measured * scale:>13.2f} {error:>+8.1%}  {verdict}")
         else:
             error = None
-            print(f"{case.name:<40} {predicted:>13.2f} {measured or '-':>13} {'':>8}")
+            print(f"{case.name:<40} {predicted * scale:>13.2f} {measured or '-':>13} {'':>8}")
         rows.append({"case": case.name, "predicted_gib": round(predicted, 3),
                      "measured_gib": measured if not isinstance(measured, float) else round(measured, 3),
                      "error": None if error is None else round(error, 4)})

@@ -138,12 +138,14 @@ def activation_bytes(
         arch, component.role, attention, seq, precision=precision,
         lora_targets=lora_targets, lora_dropout=lora_dropout, lora_r=lora_r,
     )
-    outer = outer_activation_bytes(arch, component.head, precision) + backward_transient_bytes(arch)
+    outer = outer_activation_bytes(arch, component.head, precision)
+    transient = backward_transient_bytes(arch)
+    # The loss's logits peak and a layer's backward peak come one after the other, not together.
     if checkpointing:
         kept = profile(arch, component.role).residual_bytes * arch.hidden * (2 if precision == "fp32" else 1)
-        per_token = arch.layers * kept + layer + outer  # inputs of every layer + one layer recomputed
+        per_token = arch.layers * kept + max(outer, layer + transient)  # every layer's input + one layer recomputed
     else:
-        per_token = arch.layers * layer + outer
+        per_token = arch.layers * layer + max(outer, transient)
     return tokens * per_token
 
 
