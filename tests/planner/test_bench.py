@@ -38,3 +38,15 @@ def test_without_cuda_it_exits_with_a_message(capsys):
     bench = load_bench()
     assert bench.main(["--quick"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["llama-small-cls lora b4 s128", "esm2-small full+ckpt b4 s128 eager"])
+def test_cpu_peak_matches_the_prediction(name):
+    """The whole step's peak (states + every live storage), tracked on CPU, within the bench's 15 % target."""
+    pytest.importorskip("transformers")
+    bench = load_bench()
+    (case,) = [c for c in bench.cpu_matrix(quick=False) if c.name == name]
+    attention = case.attention or "sdpa"
+    measured = bench.measure_cpu(case, attention)
+    predicted = bench.predict(case, 80.0, attention)
+    assert predicted == pytest.approx(measured, rel=bench.TARGET), f"{name}: predicted {predicted:.4f} GiB, peak {measured:.4f} GiB"

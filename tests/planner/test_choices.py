@@ -93,3 +93,10 @@ def test_pcie_pools_pay_for_gradient_sync(pools):
     sync = timing.sync_seconds_per_step(two.trainable_params, 2, 1, nvlink=False, zero=False)
     assert sync == pytest.approx(2 * 0.5 * two.trainable_params * 4 / 10e9)
     assert two.step_seconds > sync > 0
+
+
+def test_unknown_or_precompute_only_models_are_refused_not_raised(pools):
+    plan = make_plan(make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esm2_t99_1T_UR50D"})), pools["a800"])
+    assert not plan.fits and "not in the planner's catalog" in plan.refusal
+    plan = make_plan(make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esmfold_v1"})), pools["a800"])
+    assert not plan.fits and "precompute only" in plan.refusal

@@ -315,8 +315,13 @@ def _checkpoint_bytes(ctx: Context, setup: Setup) -> int:
 
 def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> Plan:
     """Plan one run on one pool. `alternatives` (all configured pools) lets a refusal name pools where it fits."""
-    composition = compose(spec)
+    try:
+        composition = compose(spec)
+    except KeyError as exc:  # a model the catalog does not know: refuse, do not crash the operator
+        return _refused_without_estimate(spec, pool, str(exc.args[0]))
     main = composition.main.arch
+    if not main.trainable:
+        return _refused_without_estimate(spec, pool, f"{main.display} ({main.hf_id}) is used for precompute only, not trained")
     notes: list[str] = list(composition.notes)
     precision, precision_notes, precision_refusal = _precision(spec, pool)
     notes += precision_notes
@@ -438,6 +443,12 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
         tokens_per_step=tokens_per_step, flops_per_token=flops, mfu=mfu,
         zero_bucket_elements=ZERO_BUCKET_ELEMENTS if setup.zero_stage else None, notes=notes, **base,
     )
+
+
+def _refused_without_estimate(spec, pool: Pool, why: str) -> Plan:
+    precision = spec.training.precision if spec.training.precision not in (None, "auto") else ("bf16" if pool.bf16 else "fp16")
+    return Plan(fits=False, method=spec.model.method or "full", precision=precision, refusal=why,
+                world_size=spec.hardware.nodes * spec.hardware.gpus_per_node, memory_limit_gib=round(_limit(pool), 2))
 
 
 def allows_qlora(spec) -> bool:
