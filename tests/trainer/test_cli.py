@@ -62,6 +62,7 @@ def test_exit_code_classification():
     assert exit_code_for(KeyError("bug")) == EXIT_UNEXPECTED
 
 
+@pytest.mark.slow
 def test_set_end_to_end_and_missing_data_exits_2(run_file, tmp_path):
     run = tmp_path / "run"
     t = start_trainer(train_command(run_file, run, "training.maxSteps=7", "checkpointing.everySteps=3",

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
@@ -59,6 +60,7 @@ def test_environment_of_a_pytorchjob_pod_and_of_torchrun():
     assert read_env({}, cuda=False).backend is None
 
 
+@pytest.mark.slow
 def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
     reference = tmp_path / "uninterrupted"
     # The uninterrupted run saves asynchronously, the interrupted one synchronously: same checkpoints, same run.
@@ -102,6 +104,7 @@ def pod_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "helixrun_trainer.cli", "--config", str(config), "--tiny", "--metrics-port", "0"]
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_checkpoints_resume_exactly_in_pod_mode(run_file, tmp_path):
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     t = Ranks(run_file, reference, cmd=pod_command(fsdp_config(run_file, reference)))

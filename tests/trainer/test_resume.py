@@ -8,6 +8,8 @@ import signal
 import time
 import urllib.request
 
+import pytest
+
 from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
 
 from helixrun.metrics_contract import TRAINER_METRICS
@@ -34,6 +36,7 @@ def exported_names(text: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
+@pytest.mark.slow
 def test_metrics_endpoint_exports_every_documented_metric(run_file, tmp_path):
     t = start_trainer(train_command(run_file, tmp_path), tmp_path, pause="3:after-step")
     try:
@@ -57,6 +60,7 @@ def test_metrics_endpoint_exports_every_documented_metric(run_file, tmp_path):
     assert step_line.endswith(" 3.0"), f"step gauge should read 3 at the pause after step 3: {step_line}"
 
 
+@pytest.mark.slow
 def test_kill_anywhere_then_resume_is_bitwise_exact(run_file, reference_run, tmp_path):
     """SIGKILL after a step, mid-write of the rank parts, between COMPLETE and the committing rename;
     SIGTERM at a step; a corrupted newest checkpoint; a kill at an arbitrary moment: the per-step losses
@@ -125,6 +129,7 @@ def test_kill_anywhere_then_resume_is_bitwise_exact(run_file, reference_run, tmp
     assert metrics.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_checkpoint_at_step_in_flight(run_file, tmp_path):
     t = start_trainer(train_command(run_file, tmp_path), tmp_path, pause="2:after-step")
     t.wait_paused(2, "after-step")
@@ -133,6 +138,7 @@ def test_sigterm_exits_143_with_checkpoint_at_step_in_flight(run_file, tmp_path)
     assert "exiting 143" in t.log
 
 
+@pytest.mark.slow
 def test_async_save_trains_on_while_writing_and_a_kill_before_commit_resumes_exactly(run_file, reference_run,
                                                                                      tmp_path):
     cmd = train_command(run_file, tmp_path)

@@ -29,8 +29,8 @@ from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
 from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
 from helixrun_trainer.data import BatchOrder, StepBatches, eval_batches, mix_seed, to_device
-from helixrun_trainer.faults import pause_point
 from helixrun_trainer.errors import EXIT_OK, ConfigError
+from helixrun_trainer.faults import pause_point
 from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
 from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kwargs
 from helixrun_trainer.precision import Precision
