@@ -15,6 +15,8 @@ Data (data.format fasta-labelled; data.path a FASTA/FASTQ file or a folder):
 - a folder with `train.*` and `val.*` (or `eval.*`/`test.*`) FASTA/FASTQ files
   uses them as the splits; a single file is split by a hash of the read id
   (data.options.evalFraction, 0.1), the same split every run.
+- the tokenizer: METAGENE-1's (from model.name), or a tokenizer folder given
+  as data.options.tokenizer (relative to the data volume).
 - the label of a read: `label=<name>` anywhere in its header
   (`>read1 label=Ecoli`), or a mapping file data.options.labels (CSV/TSV with
   columns `id,label`; relative to the data volume) that wins over the header.
@@ -163,7 +165,7 @@ def tiny_reads(seed: int, n: int = 240) -> list[tuple[str, str, str]]:
     reads = []
     for i in range(n):
         c = i % 3
-        length = rng.randint(40, 120)
+        length = rng.randint(150, 250)
         start = rng.randrange(len(genomes[c]) - length)
         reads.append((f"read{i:04d}", genomes[c][start:start + length], TINY_CLASSES[c]))
     return reads
@@ -280,8 +282,12 @@ class MetageneClassification(RecipeBase):
         from transformers import AutoTokenizer
 
         model = cfg.spec.get("model") or {}
-        tok = AutoTokenizer.from_pretrained(model["name"], revision=model.get("revision"),
-                                            cache_dir=cfg.paths.model_cache)
+        local = ((cfg.spec.get("data") or {}).get("options") or {}).get("tokenizer")
+        if local:  # a tokenizer folder on the data volume instead of the model's own
+            tok = AutoTokenizer.from_pretrained(str(resolve_data_path_str(local, data_dir)))
+        else:
+            tok = AutoTokenizer.from_pretrained(model["name"], revision=model.get("revision"),
+                                                cache_dir=cfg.paths.model_cache)
         if tok.pad_token_id is None:
             tok.pad_token_id = PAD_ID
         return tok
@@ -323,7 +329,7 @@ class MetageneClassification(RecipeBase):
         """final/: recipe.json (classes, base, lengths), the LoRA adapter, the head; tiny: the whole model."""
         out_dir.mkdir(parents=True, exist_ok=True)
         model_spec = cfg.spec.get("model") or {}
-        meta = {"recipe": self.name, "classes": self.classes, "base": model_spec.get("name"),
+        meta = {"recipe": self.name, "classes": self.classes, "base": model_spec.get("name"), "lora": model_spec.get("lora"),
                 "revision": model_spec.get("revision"), "method": method_of(cfg), "tiny": bool(getattr(model, "_tiny", False)),
                 "maxSequenceLength": (cfg.spec.get("data") or {}).get("maxSequenceLength") or 512}
         (out_dir / "recipe.json").write_text(json.dumps(meta, indent=1))
@@ -372,10 +378,9 @@ def load_for_inference(model_dir: Path, device: str = "cpu"):
         if meta["method"] in ("lora", "qlora"):
             from peft import LoraConfig, get_peft_model
 
-            state = torch.load(model_dir / "model.pt", map_location="cpu")
-            r = next(v.shape[0] for k, v in state.items() if "lora_A" in k)
-            targets = sorted({k.split(".")[-3] for k in state if "lora_A" in k})
-            base = get_peft_model(base, LoraConfig(r=r, target_modules=targets))
+            lora = meta.get("lora") or {}
+            base = get_peft_model(base, LoraConfig(r=int(lora.get("r", 8)), lora_alpha=float(lora.get("alpha", 16)),
+                                                   target_modules=list(lora.get("targetModules") or ["q_proj", "v_proj"])))
         model = SequenceClassifier(base, 64, len(meta["classes"]))
         model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu"))
     else:

@@ -58,9 +58,11 @@ class PTMMamba(nn.Module):
         from transformers.models.mamba.modeling_mamba import MambaRMSNorm
 
         super().__init__()
+        # use_mambapy: without mamba-ssm's CUDA kernels, mambapy's parallel scan (when installed) instead of a
+        # Python loop over positions; ~2x faster on CPU, same numbers.
         config = MambaConfig(hidden_size=d_model, num_hidden_layers=layers, state_size=state_size,
                              conv_kernel=conv_kernel, expand=expand, vocab_size=vocab.VOCAB_SIZE,
-                             pad_token_id=vocab.PAD)
+                             pad_token_id=vocab.PAD, use_mambapy=True)
         self.config = config
         self.d_model, self.esm_dim, self.esm_layer = d_model, esm_dim, esm_layer
         self.embed = nn.Embedding(vocab.VOCAB_SIZE, d_model, padding_idx=vocab.PAD)

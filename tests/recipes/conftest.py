@@ -1,0 +1,164 @@
+"""Fixtures for the recipe tests: minimal TrainingRuns per recipe, tiny runs as processes, in-process configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# Tests build tiny models and never download: fail fast instead of retrying a hub that cannot be reached.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PROCESS_TIMEOUT = 400  # a hung trainer fails the test instead of hanging CI; not a performance threshold
+
+# Minimal runs: production names (never loaded with --tiny), settings that make 12 tiny steps learn something.
+RUNS = {
+    "metagene-classification": """\
+spec:
+  recipe: metagene-classification
+  model: {name: metagene-ai/METAGENE-1, method: lora}
+  data: {path: reads, format: fasta-labelled, maxSequenceLength: 512}
+  hardware: {pool: rtx4090, gpusPerNode: 1}
+  training: {maxSteps: 100, globalBatch: {samples: 32}, optimizer: {name: adamw, lr: 1.0e-2}}
+  checkpointing: {everySteps: 500, keepBest: {metric: eval_macro_f1, mode: max}}
+  evaluation: {everySteps: 500, metrics: [loss, accuracy, macro_f1, mcc, auroc]}
+""",
+    "ptm-mamba": """\
+spec:
+  recipe: ptm-mamba
+  model: {encoder: facebook/esm2_t33_650M_UR50D, method: full}
+  data: {path: mamba.csv, format: csv}
+  hardware: {pool: a800, gpusPerNode: 1}
+  training: {maxSteps: 100, globalBatch: {tokens: 100000}, optimizer: {name: adamw, lr: 3.0e-3}}
+  evaluation: {everySteps: 100, metrics: [loss, perplexity, accuracy]}
+""",
+    "structdiff": """\
+spec:
+  recipe: structdiff
+  model: {name: facebook/esm2_t6_8M_UR50D, method: lora}
+  data: {path: peptides.csv, format: csv, maxSequenceLength: 50}
+  hardware: {pool: rtx4090, gpusPerNode: 1}
+  training: {maxSteps: 100, globalBatch: {samples: 32}, optimizer: {name: adamw, lr: 3.0e-3, weightDecay: 0.01}}
+  evaluation: {everySteps: 100, metrics: [loss]}
+""",
+    "genechat": """\
+spec:
+  recipe: genechat
+  model: {name: lmsys/vicuna-13b-v1.5, encoder: zhihan1996/DNABERT-2-117M, method: lora}
+  data: {path: ncbi, format: genechat-json}
+  hardware: {pool: a800, gpusPerNode: 1}
+  training: {maxSteps: 100, globalBatch: {samples: 4}, optimizer: {name: adamw, lr: 1.0e-2}}
+  evaluation: {everySteps: 100, metrics: [loss, bleu, meteor]}
+""",
+}
+
+# What each recipe's final/ export holds as weights.
+FINAL_WEIGHTS = {
+    "metagene-classification": "model.pt",
+    "ptm-mamba": "model.safetensors",
+    "structdiff": "structdiff.safetensors",
+    "genechat": "genechat.safetensors",
+}
+
+
+def run_yaml(recipe: str, name: str | None = None) -> str:
+    name = name or recipe.replace("-classification", "") + "-test"
+    return f"apiVersion: helixrun.io/v1alpha1\nkind: TrainingRun\nmetadata: {{name: {name}}}\n" + RUNS[recipe]
+
+
+@pytest.fixture
+def run_file(tmp_path):
+    def make(recipe: str) -> Path:
+        path = tmp_path / f"run-{recipe}.yaml"
+        path.write_text(run_yaml(recipe))
+        return path
+
+    return make
+
+
+def tiny_config(recipe: str, workdir: Path, *sets: str):
+    """The ResolvedRun `helixrun-train --local --tiny` would build, in-process."""
+    import yaml
+
+    from helixrun import api, pools, resolve
+    from helixrun_trainer.cli import tiny_overrides
+
+    obj = yaml.safe_load(run_yaml(recipe))
+    for assignment in [*tiny_overrides(obj), *sets]:
+        obj = resolve.apply_set(obj, assignment)
+    run = api.TrainingRun.from_object(obj)
+    return resolve.resolve(run, pools.load_pools(None), resolve.local_paths(workdir))
+
+
+def env_for_trainer(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HELIXRUN_TEST_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(extra)
+    return env
+
+
+def train_cmd(run_file: Path, workdir: Path, *sets: str) -> list[str]:
+    cmd = [sys.executable, "-m", "helixrun_trainer.cli", "--local", "-f", str(run_file), "--workdir", str(workdir),
+           "--tiny", "--metrics-port", "0"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+class TrainerProcess:
+    def __init__(self, cmd: list[str], workdir: Path, pause: str | None = None, log_name: str = "trainer.log"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        ckpts = workdir / "checkpoints"
+        for marker in ckpts.glob("PAUSED-*") if ckpts.is_dir() else []:
+            marker.unlink()
+        self.workdir, self.log_path = workdir, workdir / log_name
+        extra = {"HELIXRUN_TEST_PAUSE": pause} if pause else {}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
+                                     env=env_for_trainer(**extra), cwd=REPO, start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=PROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise AssertionError(f"trainer did not exit:\n{self.log[-3000:]}")
+
+    def wait_paused(self, step: int, phase: str = "after-step") -> None:
+        marker = self.workdir / "checkpoints" / f"PAUSED-{step}-{phase}-r0"
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while not marker.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"trainer exited {self.proc.returncode} before pausing:\n{self.log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"trainer never paused at step {step}:\n{self.log[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+def metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "records" / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(workdir: Path, recipe: str) -> dict:
+    import torch
+
+    path = workdir / "checkpoints" / "final" / FINAL_WEIGHTS[recipe]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu")
