@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.trainer.harness import REPO, start_trainer, train_command
+from tests.trainer.harness import start_trainer, train_command
 
 from helixrun_trainer import cli
 from helixrun_trainer.errors import EXIT_CONFIG, EXIT_PEER_LOST, EXIT_PLAN, EXIT_UNEXPECTED, exit_code_for
@@ -80,4 +80,3 @@ def test_set_end_to_end_and_missing_data_exits_2(run_file, tmp_path):
     t = start_trainer(train_command(run_file, missing, f"data.path={tmp_path}/absent.fasta", tiny=False), missing)
     assert t.wait() == EXIT_CONFIG, t.log[-3000:]
     assert "absent.fasta" in t.log
-    assert REPO.is_dir()

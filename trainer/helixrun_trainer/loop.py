@@ -345,6 +345,8 @@ class Trainer:
                     record.update(self.state.eval_metrics)
                     for k, v in self.state.eval_metrics.items():
                         self.prom.set("helixrun_eval_metric", v, metric=k)
+                    progress.message(f"eval at step {step}: " + " ".join(
+                        f"{k} {v:.4f}" for k, v in self.state.eval_metrics.items()))
                 self._export_step(record, dt, progress)
                 logged = step % self.log_every == 0 or step == self.total_steps or "eval_loss" in record
                 if logged:

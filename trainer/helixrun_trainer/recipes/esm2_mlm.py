@@ -128,7 +128,11 @@ class Esm2MLM(RecipeBase):
             model = EsmForMaskedLM(config)
         else:
             model_spec = cfg.spec["model"]
-            model = EsmForMaskedLM.from_pretrained(model_spec["name"], revision=model_spec.get("revision"),
+            # A snapshot pre-seeded on the cache volume (<model_cache>/<org>/<name>, air-gapped clusters) wins;
+            # otherwise the Hub, cached in model_cache.
+            local = Path(cfg.paths.model_cache) / model_spec["name"]
+            source = str(local) if (local / "config.json").is_file() else model_spec["name"]
+            model = EsmForMaskedLM.from_pretrained(source, revision=None if source == str(local) else model_spec.get("revision"),
                                                    cache_dir=cfg.paths.model_cache, dtype=torch.float32)
         # The contact head is not part of the MLM loss (ESM fits it afterwards): frozen, so DDP finds no unused grads.
         model.esm.contact_head.requires_grad_(False)
