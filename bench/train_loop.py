@@ -148,7 +148,7 @@ def main() -> None:
     logging.disable(logging.INFO)
     torch.set_num_threads(args.threads)
     steps = args.steps + WARMUP + 1
-    from helixrun_trainer.loop import set_deterministic
+    from helixrun_trainer.state import set_deterministic
 
     times: dict[str, list[float]] = {"plain (non-deterministic)": [], "plain": [], "ours": [], "hf": []}
     for r in range(args.rounds):  # interleaved, so load from other processes hits all three alike

@@ -16,13 +16,9 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from helixrun.resolve import ResolvedRun
@@ -36,47 +32,9 @@ from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kw
 from helixrun_trainer.precision import Precision
 from helixrun_trainer.preemption import Preemption
 from helixrun_trainer.recipes import get_recipe
+from helixrun_trainer.state import RunState, TrainState, seed_all, set_deterministic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Counters a checkpoint carries besides model/optimizer/scheduler/RNG."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    samples_seen: int = 0
-    last_eval_step: int = 0
-    eval_metrics: dict = field(default_factory=dict)
-    restarts: int = 0
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    return {
-        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def set_deterministic() -> None:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
 
 
 def total_steps_for(training, steps_per_epoch: float) -> int:
@@ -138,6 +96,10 @@ class Trainer:
         self.precision = Precision(self.plan.precision, training.precision, env.device)
         self.clip = training.gradient_clip
         self.state = TrainState()
+        self.run_state = RunState(model=self.model, module=self.module, optimizer=self.optimizer,
+                                  scheduler=self.scheduler, precision=self.precision, batches=self.batches,
+                                  recipe=self.recipe, train=self.state, sharded=self.sharded, rank=env.rank,
+                                  seed=self.seed)
         # Dropout and other global draws differ per rank, reproducibly.
         seed_all(mix_seed(self.seed, "rank", env.rank))
 
@@ -174,45 +136,13 @@ class Trainer:
         """FSDP: model and optimizer are sharded over ranks and saved with torch.distributed.checkpoint."""
         return self.plan.distributed == "fsdp" and self.env.initialized
 
-    def _dcp_state(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        return {"model": model_state, "optimizer": optim_state}
-
-    def _save_sharded(self, folder: Path) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(self._dcp_state(), checkpoint_id=str(folder))
-
-    def _load_sharded(self, folder: Path) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self._dcp_state()
-        dcp.load(state, checkpoint_id=str(folder))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-    def _shared_state(self) -> dict:
-        if self.sharded:
-            return {"scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
-                    "train": asdict(self.state), "data": self.batches.state_dict(self.state.step)}
-        return {
-            "model": self.recipe.trainable_state(self.module),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "precision": self.precision.state_dict(),
-            "train": asdict(self.state),
-            "data": self.batches.state_dict(self.state.step),
-        }
-
     def save(self, reason: str = "") -> None:
         t0 = time.monotonic()
         meta = {"recipe": self.spec.recipe, "model": self.spec.model.name, "revision": self.spec.model.revision,
                 "method": self.plan.method, "grad_accum": self.grad_accum, "tiny": self.tiny, "reason": reason}
-        self.checkpoints.save(self.state.step, shared=self._shared_state, part={"rng": rng_state()},
+        self.checkpoints.save(self.state.step, shared=self.run_state.shared, part=self.run_state.part(),
                               metrics=dict(self.state.eval_metrics) if self.state.last_eval_step == self.state.step else {},
-                              meta=meta, sharded=self._save_sharded if self.sharded else None)
+                              meta=meta, sharded=self.run_state.save_sharded if self.sharded else None)
         self.prom.observe("helixrun_checkpoint_save_duration_seconds", time.monotonic() - t0)  # the blocking part
         self._export_checkpoint()
 
@@ -230,25 +160,7 @@ class Trainer:
         if info is None:
             return
         shared, part = self.checkpoints.load(info)
-        if self.sharded:
-            self._load_sharded(info.path / "dcp")
-        else:
-            missing, unexpected = self.module.load_state_dict(shared["model"], strict=False)
-            trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
-            if unexpected or (set(missing) & trainable):
-                raise ConfigError(f"checkpoint {info.path} does not match the model: missing "
-                                  f"{sorted(set(missing) & trainable)[:5]}, unexpected {unexpected[:5]}")
-            self.optimizer.load_state_dict(shared["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
-        self.precision.load_state_dict(shared["precision"])
-        self.state = TrainState(**shared["train"])
-        for problem in self.batches.check_state(shared["data"]):
-            log.warning("resume is not exact: %s", problem)
-        if part is not None:
-            set_rng_state(part["rng"])
-        else:
-            log.warning("checkpoint %s has no RNG state for rank %d: reseeding", info.path, self.env.rank)
-            seed_all(mix_seed(self.seed, "rank", self.env.rank, "resume", self.state.step))
+        self.run_state.load(shared, part, info.path)
         self.state.restarts += 1
         self.resumed_from = self.state.step
         self.prom.set("helixrun_train_resumed_from_step", self.state.step)
