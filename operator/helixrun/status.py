@@ -92,12 +92,12 @@ def refused_changes(old: dict, new: dict) -> list[str]:
     return sorted(path for path in changed_fields(old, new) if path.split(".")[0] not in MUTABLE_FIELDS)
 
 
-def explain(phase: str, conditions: list[dict] | None, job_message: str) -> str:
-    """The status message: the most specific explanation of the current phase."""
+def explain(phase: str, conditions: list[dict] | None) -> str:
+    """The status message: the most specific explanation of the phase the conditions hold."""
     by_type = {c["type"]: c for c in conditions or []}
     exited, scheduled = by_type.get(TRAINER_EXITED), by_type.get(SCHEDULED)
     if phase in ("Failed", "Restarting") and exited and exited["status"] == "True":
         return exited["message"]
     if phase == "Pending" and scheduled and scheduled["status"] == "False":
         return scheduled["message"]
-    return job_message
+    return by_type.get(READY, {}).get("message", "")

@@ -29,8 +29,9 @@ class Operator:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Operator":
-        (port,) = free_ports(1)
-        env = self.cluster.env() | {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test"}
+        port, metrics_port = free_ports(2)
+        env = {"HELIXRUN_OPERATOR_METRICS_PORT": str(metrics_port)} | self.cluster.env()
+        env |= {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "helixrun.cli", "operator", "-A", "--standalone",

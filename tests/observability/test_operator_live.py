@@ -1,28 +1,21 @@
 """`helixrun operator` (kopf's runner, the lead's handlers) serves OPERATOR_METRICS against the test cluster.
-
-Skipped until helixrun/controller/handlers.py starts the metrics server
-(telemetry.operator_metrics); remove the skip once it does.
 """
 
 from __future__ import annotations
 
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-import helixrun.controller.handlers as handlers
 from helixrun.telemetry import operator_metrics as om
 
 from .harness import REPO, free_port, poll
 
 pytestmark = pytest.mark.cluster
-WIRED = "operator_metrics" in Path(handlers.__file__).read_text()
 
 
-@pytest.mark.skipif(not WIRED, reason="the operator's handlers do not start telemetry.operator_metrics yet")
 def test_the_running_operator_exports_runs_and_reconciles(cluster, tmp_path, monkeypatch):
     from tests.integration.conftest import Operator
 

@@ -94,9 +94,11 @@ def test_a_running_master_with_unplaced_workers_is_still_pending():
 
 
 def test_the_message_explains_the_phase_most_specifically():
-    exited = status.set_condition([], status.TRAINER_EXITED, True, "PermanentExit", "pod m exited with code 2", "t")
-    unplaced = status.set_condition([], status.SCHEDULED, False, "Unschedulable", "Insufficient nvidia.com/gpu", "t")
-    assert status.explain("Failed", exited, "job failed") == "pod m exited with code 2"
-    assert status.explain("Running", exited, "job running") == "job running"
-    assert status.explain("Pending", unplaced, "1 of 3 pods running") == "Insufficient nvidia.com/gpu"
-    assert status.explain("Pending", [], "waiting") == "waiting"
+    job_says = status.set_condition([], status.READY, False, "JobFailed", "job failed", "t")
+    exited = status.set_condition(job_says, status.TRAINER_EXITED, True, "PermanentExit", "pod m exited with code 2", "t")
+    unplaced = status.set_condition(job_says, status.SCHEDULED, False, "Unschedulable", "Insufficient nvidia.com/gpu", "t")
+    assert status.explain("Failed", exited) == "pod m exited with code 2"
+    assert status.explain("Running", exited) == "job failed"
+    assert status.explain("Pending", unplaced) == "Insufficient nvidia.com/gpu"
+    assert status.explain("Pending", job_says) == "job failed"
+    assert status.explain("Pending", []) == ""

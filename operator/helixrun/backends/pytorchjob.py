@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from helixrun.backends import JobState
 from helixrun.resolve import CONFIG_DIR, CONFIG_FILE, POD_PATHS
+from helixrun.telemetry import scrape
 
 if TYPE_CHECKING:
     from helixrun.render import RenderSettings
@@ -84,10 +85,9 @@ def pod_template(run: "ResolvedRun", settings: "RenderSettings") -> dict:
         # torchrun reads nnodes, node rank, nproc and the master from the PET_* env the training-operator injects.
         "command": ["torchrun", "--no-python", "helixrun-train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": _env(run),
-        "ports": [
-            {"name": "metrics", "containerPort": port, "protocol": "TCP"},
-            {"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
-        ],
+        # One exporter per process: torchrun's local rank i serves port + i (docs/METRICS.md).
+        "ports": scrape.container_ports(port, gpus)
+        + [{"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": str(int(CPU_PER_GPU) * gpus), "memory": f"{int(MEMORY_PER_GPU[:-2]) * gpus}Gi"},
             "limits": {"nvidia.com/gpu": gpus},
@@ -102,11 +102,7 @@ def pod_template(run: "ResolvedRun", settings: "RenderSettings") -> dict:
     return {
         "metadata": {
             "labels": labels(run),
-            "annotations": {
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(port),
-                "prometheus.io/path": "/metrics",
-            },
+            "annotations": scrape.scrape_annotations(port),
         },
         "spec": {
             "serviceAccountName": settings.trainer_service_account,

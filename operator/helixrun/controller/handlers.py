@@ -18,6 +18,7 @@ from helixrun.controller.pods import RESTART_COUNTED, peers_to_restart, terminat
 from helixrun.pools import load_pools
 from helixrun.render import KUEUE_QUEUE_LABEL, RUN_LABEL, PlanRefused, RenderSettings, job_name, render_run
 from helixrun.resolve import resolve
+from helixrun.telemetry import operator_metrics
 
 RUNS = (api.GROUP, api.VERSION, api.PLURAL)
 JOBS = (PyTorchJobBackend.group, PyTorchJobBackend.version, PyTorchJobBackend.plural)
@@ -41,6 +42,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     logger.info("helixrun operator configured with pools: %s", ", ".join(sorted(memo.pools)))
 
 
+@kopf.on.startup()
+async def start_metrics(memo: kopf.Memo, **_) -> None:
+    # Served from kopf's own event loop: a blocked loop fails the scrape instead of looking healthy.
+    memo.metrics_server = await operator_metrics.start_operator_metrics()
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_) -> None:
+    await memo.metrics_server.stop()
+
+
+@kopf.on.event(*RUNS)
+def count_run(type, name, namespace, spec, status, **_) -> None:
+    """Runs by phase and pool, GPUs requested: level-triggered, so the first listing rebuilds them."""
+    if type == "DELETED":
+        operator_metrics.run_gone(namespace, name)
+        return
+    hardware = spec.get("hardware", {})
+    gpus = status.get("gpus") or hardware.get("nodes", 1) * hardware.get("gpusPerNode", 1)
+    operator_metrics.run_seen(namespace, name, status.get("phase") or "Pending", hardware.get("pool", "unknown"), gpus)
+
+
 def _run_object(name: str, namespace: str, uid: str, labels, spec) -> dict:
     return {
         "apiVersion": api.API_VERSION,
@@ -52,6 +75,7 @@ def _run_object(name: str, namespace: str, uid: str, labels, spec) -> dict:
 
 @kopf.on.resume(*RUNS)
 @kopf.on.create(*RUNS)
+@operator_metrics.instrumented("reconcile")
 def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, logger, **_) -> None:
     """Create the run's children once; safe to repeat (operator restarts, re-delivered events)."""
     conditions = status.get("conditions")
@@ -64,6 +88,7 @@ def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, log
         _refuse(body, patch, conditions, "InvalidRun", str(exc), now)
         return
     except PlanRefused as exc:
+        operator_metrics.plan_refused(resolved.pool.name)
         patch.status["plan"] = st.plan_summary(resolved.plan)
         _refuse(body, patch, conditions, "PlanRefused", str(exc), now)
         return
@@ -110,6 +135,7 @@ def _refuse(body, patch, conditions, reason: str, message: str, now: str) -> Non
 
 
 @kopf.on.update(*RUNS, field="spec")
+@operator_metrics.instrumented("spec_changed")
 def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, patch, memo, logger, **_) -> None:
     """Apply the fields a live run may change; refuse the rest with a condition."""
     if not status.get("jobName"):  # nothing runs yet (refused plan or invalid run): plan again
@@ -135,29 +161,30 @@ def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, pat
 
 
 @kopf.on.event(*JOBS, labels={RUN_LABEL: kopf.PRESENT})
+@operator_metrics.instrumented("job_changed")
 def job_changed(type, body, namespace, logger, **_) -> None:
     """Mirror the job's conditions into the run's phase."""
     if type == "DELETED":
         return
-    run_name = body["metadata"]["labels"][RUN_LABEL]
-    run = kube.get_run(namespace, run_name)
-    if run is None:
-        return
     state = PyTorchJobBackend().job_state(body)
-    current = run.get("status") or {}
-    if current.get("phase") == state.phase:
-        return
-    now = st.now_iso()
-    running = state.phase in ("Running", "Succeeded")
-    conditions = st.set_condition(current.get("conditions"), st.READY, running, state.reason, state.message, now)
-    update = {"phase": state.phase, "conditions": conditions, "message": st.explain(state.phase, conditions, state.message)}
-    kube.patch_run_status(namespace, run_name, update)
-    event = kopf.warn if state.phase in ("Failed", "Restarting") else kopf.info
-    event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
+
+    def mirror(run: dict) -> dict | None:
+        current = run.get("status") or {}
+        if current.get("phase") == state.phase:
+            return None
+        running = state.phase in ("Running", "Succeeded")
+        conditions = st.set_condition(current.get("conditions"), st.READY, running, state.reason, state.message, st.now_iso())
+        return {"phase": state.phase, "conditions": conditions, "message": st.explain(state.phase, conditions)}
+
+    run = kube.update_run_status(namespace, body["metadata"]["labels"][RUN_LABEL], mirror)
+    if run is not None:
+        event = kopf.warn if state.phase in ("Failed", "Restarting") else kopf.info
+        event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
 
 
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
-def pod_changed(type, body, namespace, memo, logger, **_) -> None:
+@operator_metrics.instrumented("pod_changed")
+def pod_changed(type, body, namespace, logger, **_) -> None:
     """Count restarts, restart whole gangs, and explain permanent failures and unschedulable pods."""
     if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
         return  # a pod being deleted (by us, for a gang restart) is no new failure
@@ -173,25 +200,30 @@ def pod_changed(type, body, namespace, memo, logger, **_) -> None:
         return
     if not kube.annotate_pod(namespace, ended.pod, {RESTART_COUNTED: str(ended.exit_code)}):
         return  # already gone: the event that counted it came first
-    run = kube.get_run(namespace, run_name)
+    if ended.retryable:
+        job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
+        peers = peers_to_restart(_pod_dicts(namespace, job), ended.pod)
+        for peer in peers:
+            kube.delete_pod(namespace, peer)
+
+    def record(run: dict) -> dict:
+        current = run.get("status") or {}
+        reason = "RetryableExit" if ended.retryable else "PermanentExit"
+        conditions = st.set_condition(current.get("conditions"), st.TRAINER_EXITED, True, reason, ended.describe(), st.now_iso())
+        update = {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
+        if ended.retryable:
+            update["restarts"] = int(current.get("restarts") or 0) + 1
+        return update
+
+    run = kube.update_run_status(namespace, run_name, record)
     if run is None:
         return
-    current = run.get("status") or {}
-    reason = "RetryableExit" if ended.retryable else "PermanentExit"
-    conditions = st.set_condition(current.get("conditions"), st.TRAINER_EXITED, True, reason, ended.describe(), st.now_iso())
     if not ended.retryable:
-        message = st.explain(current.get("phase", "Pending"), conditions, current.get("message", ""))
-        kube.patch_run_status(namespace, run_name, {"conditions": conditions, "message": message})
         kopf.warn(run, reason="PermanentFailure", message=ended.describe())
         return
-    job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
-    peers = peers_to_restart(_pod_dicts(namespace, job), ended.pod)
-    for peer in peers:
-        kube.delete_pod(namespace, peer)
-    restarts = int(current.get("restarts") or 0) + 1
-    kube.patch_run_status(namespace, run_name, {"restarts": restarts, "conditions": conditions})
+    operator_metrics.restart_observed(namespace, run_name)
     gang = f"; restarting the gang ({', '.join(peers)})" if peers else ""
-    kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{gang}; restart {restarts}")
+    kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{gang}")
 
 
 def _pod_dicts(namespace: str, job: str) -> list[dict]:
@@ -202,16 +234,16 @@ def _pod_dicts(namespace: str, job: str) -> list[dict]:
 
 
 def _set_scheduled(namespace: str, run_name: str, scheduled: bool, reason: str, message: str) -> None:
-    run = kube.get_run(namespace, run_name)
-    if run is None:
-        return
-    current = run.get("status") or {}
-    previous = next((c for c in current.get("conditions") or [] if c["type"] == st.SCHEDULED), None)
-    if previous is None and scheduled or previous and previous["status"] == str(scheduled) and previous["message"] == message:
-        return  # nothing to explain, or already explained
-    conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso())
-    phase = current.get("phase", "Pending")
-    fallback = "" if current.get("message") == (previous or {}).get("message") else current.get("message", "")
-    kube.patch_run_status(namespace, run_name, {"conditions": conditions, "message": st.explain(phase, conditions, fallback)})
-    if not scheduled:
+    def place(run: dict) -> dict | None:
+        current = run.get("status") or {}
+        previous = next((c for c in current.get("conditions") or [] if c["type"] == st.SCHEDULED), None)
+        if previous is None and scheduled:
+            return None  # nothing was ever wrong
+        if previous and previous["status"] == str(scheduled) and previous["message"] == message:
+            return None  # already said
+        conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso())
+        return {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
+
+    run = kube.update_run_status(namespace, run_name, place)
+    if run is not None and not scheduled:
         kopf.warn(run, reason=reason, message=message)

@@ -43,10 +43,32 @@ def get_run(namespace: str, name: str) -> dict | None:
         raise
 
 
-def patch_run_status(namespace: str, name: str, status: dict) -> None:
-    client.CustomObjectsApi().patch_namespaced_custom_object_status(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
-    )
+def update_run_status(namespace: str, name: str, compute, attempts: int = 5) -> dict | None:
+    """Read the run, compute a status update from it, and patch it only if nobody wrote in between.
+
+    Several handlers explain the same run (job phase, pod exits, scheduling); the resourceVersion
+    precondition turns their read-modify-write races into retries. Returns the run as read, or None
+    when it is gone or there was nothing to change.
+    """
+    objects = client.CustomObjectsApi()
+    for _ in range(attempts):
+        run = get_run(namespace, name)
+        if run is None:
+            return None
+        update = compute(run)
+        if not update:
+            return None
+        body = {"metadata": {"resourceVersion": run["metadata"]["resourceVersion"]}, "status": update}
+        try:
+            objects.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                continue
+            if exc.status == 404:
+                return None
+            raise
+        return run
+    raise RuntimeError(f"status of {namespace}/{name} kept changing under {attempts} attempts")
 
 
 def get_job(backend, namespace: str, name: str) -> dict | None:
