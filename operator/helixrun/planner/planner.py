@@ -28,7 +28,7 @@ from helixrun.pools import Pool
 CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace: never in max_memory_allocated, always on the GPU
 NCCL_GIB = 0.5  # NCCL communicator buffers when world > 1
 FRAGMENTATION = 0.10  # caching-allocator fragmentation, as a share of what is allocated
-USABLE_FRACTION = 1.5  # safety margin: plan to at most 95 % of the pool's memory
+USABLE_FRACTION = 0.95  # safety margin: plan to at most 95 % of the pool's memory
 HOST_GIB_PER_GPU = 32.0  # host memory assumed per GPU for CPU offload (pools do not declare it yet)
 ZERO_BUCKET_ELEMENTS = 50_000_000  # reduce/allgather bucket: DeepSpeed's default 5e8 is 1 GB each in fp16
 LARGE_MODEL_PARAMS = 1_000_000_000  # full training at this size on >1 GPU goes straight to ZeRO-2
