@@ -89,12 +89,12 @@ def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
     assert_bitwise_equal(final_weights(reference), final_weights(resumed), "2-rank final weights after resume")
 
 
-def fsdp_config(run_file, workdir) -> Path:
-    """A pod-mode config whose plan shards with FSDP (the planner picks FSDP only for large models)."""
+def fsdp_config(run_file, workdir, gpus: int = 2, **plan) -> Path:
+    """A pod-mode config whose plan shards (the planner picks FSDP or ZeRO only for models that need it)."""
     args = argparse.Namespace(file=run_file, workdir=workdir, tiny=True, pools=None,
-                              set=["hardware.gpusPerNode=2", "training.maxSteps=12"])
+                              set=[f"hardware.gpusPerNode={gpus}", "training.maxSteps=12"])
     cfg = cli.local_config(args)
-    cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"distributed": "fsdp"})})
+    cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update=plan or {"distributed": "fsdp"})})
     path = workdir / "fsdp-config.yaml"
     path.write_text(cfg.to_yaml())
     return path
@@ -123,3 +123,15 @@ def test_fsdp_sharded_checkpoints_resume_exactly_in_pod_mode(run_file, tmp_path)
     assert "(step 5)" in t.log
     assert losses(resumed) == losses(reference)
     assert_bitwise_equal(final_weights(reference), final_weights(resumed), "FSDP final weights after resume")
+
+
+@pytest.mark.slow
+def test_zero2_offload_plan_runs_sharded_on_one_rank(run_file, tmp_path):
+    """A single-GPU ZeRO-2 + offload plan (what the planner gives small cards) trains on FSDP2 with a
+    one-rank process group; its checkpoints are DCP shards and final/ is a full Hugging Face export."""
+    config = fsdp_config(run_file, tmp_path, gpus=1, distributed="deepspeed", zero_stage=2, offload=True)
+    t = start_trainer(pod_command(config), tmp_path)
+    assert t.wait() == 0, t.log[-4000:]
+    assert "ZeRO-2 with CPU offload plan: running it on FSDP2" in t.log
+    assert (tmp_path / "checkpoints" / "step-00000010" / "dcp" / ".metadata").is_file()
+    assert set(final_weights(tmp_path)) >= {"esm.embeddings.word_embeddings.weight", "lm_head.dense.weight"}

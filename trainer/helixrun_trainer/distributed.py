@@ -8,6 +8,7 @@ fully_shard) or DeepSpeed ZeRO (imported only when the plan asks for it).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -54,10 +55,17 @@ def read_env(environ=os.environ, cuda: bool | None = None) -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device, backend=backend)
 
 
-def init(environ=os.environ, timeout_s: float = 600) -> DistEnv:
+def init(environ=os.environ, timeout_s: float = 600, sharded: bool = False) -> DistEnv:
+    """Join the job's process group. `sharded` plans (FSDP, ZeRO) need one even on a single rank."""
     env = read_env(environ)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
+    if env.backend is None and sharded:
+        env = dataclasses.replace(env, backend="nccl" if env.device.type == "cuda" else "gloo")
+        if not dist.is_initialized():  # a one-rank group in memory: no rendezvous address needed
+            dist.init_process_group(env.backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    device_id=env.device if env.device.type == "cuda" else None)
+        return env
     if env.backend and not dist.is_initialized():
         dist.init_process_group(
             env.backend, rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(seconds=timeout_s),
@@ -118,8 +126,18 @@ def flags_any(env: DistEnv, *flags: bool) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def is_sharded(plan) -> bool:
+    """FSDP, or a ZeRO plan (which helixrun runs on FSDP2: see wrap)."""
+    return plan.distributed in ("fsdp", "deepspeed")
+
+
 def wrap(model: torch.nn.Module, plan, env: DistEnv, find_unused_parameters: bool = False) -> torch.nn.Module:
-    """Return the model to train with, wrapped as plan.distributed says (DeepSpeed is built with the optimizer)."""
+    """Return the model to train with, wrapped as plan.distributed says.
+
+    `deepspeed` plans (ZeRO-2, optionally with CPU offload) run on FSDP2 with the same memory model and no
+    DeepSpeed dependency: parameters stay gathered between forward and backward (reshard_after_forward=False,
+    ZeRO-2: sharded gradients and optimizer state), and with plan.offload the shards and the optimizer step
+    live on the CPU (CPUOffloadPolicy). `fsdp` plans reshard after forward (ZeRO-3)."""
     model = model.to(env.device)
     if not env.initialized or plan.distributed == "none":
         return model
@@ -128,39 +146,21 @@ def wrap(model: torch.nn.Module, plan, env: DistEnv, find_unused_parameters: boo
 
         return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                    find_unused_parameters=find_unused_parameters)
-    if plan.distributed == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+    if is_sharded(plan):
+        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
+        kwargs = {"reshard_after_forward": plan.distributed == "fsdp"}
+        if plan.offload and env.device.type == "cuda":
+            kwargs["offload_policy"] = CPUOffloadPolicy()
         # One unit per transformer block where the model exposes them, then the root.
         for module in model.modules():
             if module.__class__.__name__.endswith(("Layer", "Block")) and module is not model:
-                fully_shard(module)
-        fully_shard(model)
+                fully_shard(module, **kwargs)
+        fully_shard(model, **kwargs)
         return model
-    if plan.distributed == "deepspeed":
-        return model  # see build_deepspeed: the engine owns model and optimizer
     raise ValueError(f"unknown distributed mode {plan.distributed!r}")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DDP/DeepSpeed wrappers."""
     return getattr(model, "module", model)
-
-
-def build_deepspeed(model, optimizer, plan, grad_accum: int, micro_batch: int, gradient_clip: float | None):
-    """ZeRO-2 (optionally offloading the optimizer to CPU) as the plan says. deepspeed is an optional dependency."""
-    import deepspeed  # noqa: PLC0415 - optional, imported only for plans that use it
-
-    config = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": gradient_clip or 0.0,
-        "bf16": {"enabled": plan.precision == "bf16"},
-        "fp16": {"enabled": plan.precision == "fp16"},
-        "zero_optimization": {
-            "stage": plan.zero_stage or 2,
-            **({"offload_optimizer": {"device": "cpu", "pin_memory": True}} if plan.offload else {}),
-        },
-    }
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    return engine, optimizer

@@ -25,7 +25,7 @@ from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
 from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
 from helixrun_trainer.data import BatchOrder, StepBatches, eval_batches, mix_seed, to_device
-from helixrun_trainer.errors import EXIT_OK, ConfigError
+from helixrun_trainer.errors import EXIT_OK
 from helixrun_trainer.faults import pause_point
 from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
 from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kwargs
@@ -52,13 +52,14 @@ class Trainer:
         self.spec, self.plan = spec, cfg.plan
         training = spec.training
         set_deterministic()
-        self.env = env = distributed.init()
+        self.env = env = distributed.init(sharded=distributed.is_sharded(self.plan))
         if env.device.type == "cuda" and getattr(self.plan, "tf32", False):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.seed = training.seed if training.seed is not None else 42
         if self.plan.distributed == "deepspeed":
-            raise ConfigError("DeepSpeed plans are not wired into the loop yet (see trainer/README.md)")
+            log.info("ZeRO-%d%s plan: running it on FSDP2 (sharded gradients and optimizer state)",
+                     self.plan.zero_stage or 2, " with CPU offload" if self.plan.offload else "")
 
         # Model and data: the recipe's part. Same init on every rank (DDP also broadcasts).
         self.recipe = get_recipe(spec.recipe)
@@ -134,7 +135,7 @@ class Trainer:
     @property
     def sharded(self) -> bool:
         """FSDP: model and optimizer are sharded over ranks and saved with torch.distributed.checkpoint."""
-        return self.plan.distributed == "fsdp" and self.env.initialized
+        return distributed.is_sharded(self.plan) and self.env.initialized
 
     def save(self, reason: str = "") -> None:
         t0 = time.monotonic()
