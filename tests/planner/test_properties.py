@@ -20,6 +20,7 @@ CASES = [
     ("metagene-classification", {"model": {"method": "full"}}),
     ("structdiff", {}),
     ("ptm-mamba", {}),
+    ("genechat", {}),
 ]
 
 runs = st.builds(

@@ -31,6 +31,7 @@ def test_metagene_full_finetune_is_refused_on_rtx4090_with_ways_out(pools):
     assert "qlora" in r and "(~4." in r, r
     assert "a800" in r, "a pool where it fits is named"
     assert any("host memory" in n for n in plan.notes), "CPU offload is ruled out by host memory, and the plan says so"
+    assert "ZeRO-2 CPU offload was not tried" in r
 
 
 def test_metagene_lora_on_rtx4090_at_seq_512(pools):

@@ -352,8 +352,10 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     chosen: tuple[Setup, int] | None = None
     tried: list[tuple[Setup, MemoryEstimate]] = []
     host_gib = HOST_GIB_PER_GPU * pool.gpus_per_node
+    skipped_offload: float | None = None
     for setup in ladder if precision_refusal is None else []:
         if setup.offload and host_memory_needed_gib(ctx, setup) > host_gib:
+            skipped_offload = host_memory_needed_gib(ctx, setup)
             notes.append(
                 f"{setup.describe()}: needs ~{host_memory_needed_gib(ctx, setup):.0f} GiB of host memory per node, "
                 f"more than the {host_gib:.0f} GiB assumed ({HOST_GIB_PER_GPU:.0f} GiB per GPU)"
@@ -373,6 +375,11 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     if chosen is None:
         smallest = min(tried, key=lambda t: t[1].total) if tried else None
         refusal = precision_refusal or _refusal(spec, pool, ctx, method, smallest, alternatives)
+        if skipped_offload is not None and precision_refusal is None:
+            refusal += (
+                f" (ZeRO-2 CPU offload was not tried: it needs ~{skipped_offload:.0f} GiB of host memory per node, "
+                f"{host_gib:.0f} GiB assumed)"
+            )
         setup = smallest[0] if smallest else Setup(method)
         p_train, _ = _trainable(ctx, setup)
         return Plan(
