@@ -85,3 +85,16 @@ def test_production_path_loads_a_snapshot_from_the_cache_volume_and_reads_fasta(
     split = json.loads((workdir / "records" / "split_mapping.json").read_text())
     assert split["train"] + split["eval"] == 120 and split["source"].endswith("proteins.fasta")
     assert (workdir / "checkpoints" / "final" / "vocab.txt").is_file()
+
+
+def test_token_store_holds_the_same_ids_as_encode_in_one_byte_each():
+    from helixrun_trainer.recipes.esm2_mlm import TokenStore
+
+    seqs = ["MKTAYIAKQR", "ACDEFGHIKLMNPQRSTVWYXBZUO", "A"]
+    builder = TokenStore.build()
+    for seq in seqs:
+        builder.add(seq)
+    store = builder.done()
+    assert len(store) == 3 and store.tokens.dtype.itemsize == 1
+    assert [store[i].tolist() for i in range(3)] == [encode(s) for s in seqs]
+    assert store.lengths(cap=5) == [5, 5, 3]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from helixrun_trainer.errors import DataError
@@ -52,6 +53,44 @@ def tokenizer(workdir: Path | None = None):
 def encode(sequence: str) -> list[int]:
     """Residues -> ids with <cls> ... <eos> (what EsmTokenizer gives for a plain sequence)."""
     return [CLS, *(TOKEN_ID.get(c, UNK) for c in sequence), EOS]
+
+
+# Residue letters -> token ids in one bytes.translate pass (unknown letters -> <unk>).
+_TRANSLATE = bytes(TOKEN_ID.get(chr(b), UNK) if chr(b).isalpha() or chr(b) in ".-" else UNK for b in range(256))
+
+
+class TokenStore:
+    """Every sequence's ids (with <cls>/<eos>) in one uint8 array plus int64 offsets: one byte per residue,
+    so a UniRef50-sized set fits in memory (Python int lists would take ~30x more). Items are uint8 arrays."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray):
+        self.tokens, self.offsets = tokens, offsets
+
+    @classmethod
+    def build(cls) -> "TokenStore._Builder":
+        return cls._Builder()
+
+    class _Builder:
+        def __init__(self):
+            self.buffer, self.offsets = bytearray(), [0]
+
+        def add(self, sequence: str) -> None:
+            self.buffer.append(CLS)
+            self.buffer += sequence.encode("ascii", "replace").translate(_TRANSLATE)
+            self.buffer.append(EOS)
+            self.offsets.append(len(self.buffer))
+
+        def done(self) -> "TokenStore":
+            return TokenStore(np.frombuffer(bytes(self.buffer), dtype=np.uint8), np.asarray(self.offsets, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self, cap: int) -> list[int]:
+        return np.minimum(np.diff(self.offsets), cap).tolist()
 
 
 def in_eval_split(record_id: str, fraction: float) -> bool:
@@ -108,7 +147,7 @@ class Collate:
         width = max(len(ids) for ids in cropped)
         batch = torch.full((len(cropped), width), PAD, dtype=torch.long)
         for row, ids in enumerate(cropped):
-            batch[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            batch[row, :len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
         attention = (batch != PAD).long()
         special = (batch == CLS) | (batch == EOS) | (batch == PAD)
         inputs, labels = mask_tokens(batch, special, generator, self.p)
@@ -155,24 +194,24 @@ class Esm2MLM(RecipeBase):
             path = resolve_data_path(cfg, data_dir)
             if not path.is_file():
                 raise DataError(f"data.path: {path} does not exist")
-        train, evals, eval_ids = [], [], []
+        train, evals, eval_ids = TokenStore.build(), TokenStore.build(), []
         try:
             for record in read_fasta(path, alphabet=PROTEIN):
-                ids = encode(record.sequence)
                 if in_eval_split(record.id, eval_fraction):
-                    evals.append(ids)
+                    evals.add(record.sequence)
                     eval_ids.append(record.id)
                 else:
-                    train.append(ids)
+                    train.add(record.sequence)
         except FastaError as exc:
             raise DataError(str(exc)) from exc
-        if not train:
+        train, evals = train.done(), evals.done()
+        if not len(train):
             raise DataError(f"{path}: no training sequences")
         return RecipeData(
-            train=train, eval=evals or None,
+            train=train, eval=evals if len(evals) else None,
             collate=Collate(max_length, float(options.get("maskProbability", 0.15))),
-            lengths=[min(len(ids), max_length) for ids in train],
-            eval_lengths=[min(len(ids), max_length) for ids in evals],
+            lengths=train.lengths(max_length),
+            eval_lengths=evals.lengths(max_length),
             split_mapping={"rule": f"blake2b-64(record id) / 2**64 < {eval_fraction} -> eval",
                            "source": str(path), "train": len(train), "eval": len(evals),
                            **({"eval_ids": eval_ids} if len(eval_ids) <= 10000 else {})},
