@@ -74,3 +74,14 @@ def test_check_state_names_what_would_make_a_resume_inexact():
     assert step_batches().check_state(state) == []
     problems = step_batches(world=2).check_state(state)
     assert any(p.startswith("world_size") for p in problems)
+
+
+def test_prefetch_yields_exactly_what_step_batches_yields_in_any_order():
+    from helixrun_trainer.data import Prefetch
+
+    prefetch = Prefetch(step_batches(), last_step=12)
+    try:
+        for step in [0, 1, 2, 5, 6, 3, 11]:  # sequential (prefetched) and jumps (loaded on demand)
+            assert flatten(prefetch.for_step(step)) == flatten(step_batches().for_step(step))
+    finally:
+        prefetch.close()

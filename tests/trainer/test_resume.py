@@ -139,17 +139,18 @@ def test_sigterm_exits_143_with_checkpoint_at_step_in_flight(run_file, tmp_path)
 
 
 @pytest.mark.slow
-def test_async_save_trains_on_while_writing_and_a_kill_before_commit_resumes_exactly(run_file, reference_run,
+def test_async_save_and_prefetch_train_on_while_writing_and_a_kill_before_commit_resumes_exactly(run_file, reference_run,
                                                                                      tmp_path):
     cmd = train_command(run_file, tmp_path)
-    t = start_trainer(cmd, tmp_path, pause="15:parts", HELIXRUN_ASYNC_CHECKPOINT="1")
+    # Prefetching (the GPU default) on too: it must change when batches are built, never what they hold.
+    t = start_trainer(cmd, tmp_path, pause="15:parts", HELIXRUN_ASYNC_CHECKPOINT="1", HELIXRUN_PREFETCH="1")
     t.wait_paused(15, "parts")  # the writer thread of step 15 is stalled mid-write...
     while t.proc.poll() is None and max(losses(tmp_path), default=0) < 17:
         time.sleep(0.005)
     assert max(losses(tmp_path)) >= 17, "training did not continue while the checkpoint was being written"
     assert complete_steps(tmp_path) == [5, 10], "step 15 committed before its files were written"
     t.kill()
-    t = start_trainer(cmd, tmp_path, HELIXRUN_ASYNC_CHECKPOINT="1")
+    t = start_trainer(cmd, tmp_path, HELIXRUN_ASYNC_CHECKPOINT="1", HELIXRUN_PREFETCH="1")
     assert t.wait() == 0, t.log[-3000:]
     assert resumed_step(t.log) == 10
     assert losses(tmp_path) == losses(reference_run)

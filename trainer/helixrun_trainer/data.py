@@ -141,6 +141,47 @@ class StepBatches:
                 for k in ("grad_accum", "world_size", "batches_per_epoch", "fingerprint") if state.get(k) != mine[k]]
 
 
+class Prefetch:
+    """Collates step s+1's micro-batches on a background thread while step s trains (pinned for a GPU).
+
+    Safe for exact resume because collate draws only from its per-batch generator: the thread changes when
+    a batch is built, never what it contains."""
+
+    def __init__(self, batches: StepBatches, *, last_step: int, pin_memory: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batches, self.last_step, self.pin = batches, last_step, pin_memory
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.ahead: tuple[int, Any] | None = None
+
+    def _load(self, step: int) -> list[tuple[Any, torch.Generator]]:
+        items = list(self.batches.for_step(step))
+        if self.pin:
+            items = [(pin(batch), gen) for batch, gen in items]
+        return items
+
+    def for_step(self, step: int) -> list[tuple[Any, torch.Generator]]:
+        if self.ahead is not None and self.ahead[0] == step:
+            items = self.ahead[1].result()
+        else:
+            items = self._load(step)
+        self.ahead = (step + 1, self.pool.submit(self._load, step + 1)) if step + 1 < self.last_step else None
+        return items
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pin(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: pin(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(pin(v) for v in batch)
+    return batch
+
+
 def eval_batches(dataset: Sequence[Any], collate: Callable, *, seed: int, lengths: Sequence[int] | None,
                  max_tokens: int | None, batch_size: int) -> Iterator[Any]:
     """The eval set in a fixed order with fixed draws: the same batches at every evaluation."""

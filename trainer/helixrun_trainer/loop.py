@@ -24,7 +24,7 @@ import torch
 from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
 from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
-from helixrun_trainer.data import BatchOrder, StepBatches, eval_batches, mix_seed, to_device
+from helixrun_trainer.data import BatchOrder, Prefetch, StepBatches, eval_batches, mix_seed, to_device
 from helixrun_trainer.errors import EXIT_OK
 from helixrun_trainer.faults import pause_point
 from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
@@ -86,6 +86,10 @@ class Trainer:
         self.batches = StepBatches(order, self.data.train, self.data.collate, seed=self.seed,
                                    grad_accum=grad_accum, world_size=world, rank=env.rank)
         self.total_steps = total_steps_for(training, self.batches.steps_per_epoch())
+        # On a GPU, collate the next step on a thread while this one computes (HELIXRUN_PREFETCH=0/1 overrides).
+        prefetch = os.environ.get("HELIXRUN_PREFETCH", "1" if env.device.type == "cuda" else "0") == "1"
+        self.prefetch = Prefetch(self.batches, last_step=self.total_steps,
+                                 pin_memory=env.device.type == "cuda") if prefetch else None
 
         # Distribution, optimizer, schedule, precision.
         self.model = distributed.wrap(model, self.plan, env,
@@ -184,7 +188,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, units, tokens, samples = 0.0, 0, 0, 0
-        micro = list(self.batches.for_step(step))
+        micro = self.prefetch.for_step(step) if self.prefetch else list(self.batches.for_step(step))
         for i, (batch, generator) in enumerate(micro):
             batch = to_device(batch, self.env.device)
             with self._no_sync(i == len(micro) - 1):
@@ -285,6 +289,8 @@ class Trainer:
                     distributed.check_replicas_agree(env, self.module)
                 self.export_final()
         progress.close()
+        if self.prefetch:
+            self.prefetch.close()
         self.records.close()
         self.prom.close()
         return exit_code
