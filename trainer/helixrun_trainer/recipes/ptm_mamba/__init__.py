@@ -31,7 +31,8 @@ ESM embeddings (options.esmEmbeddings):
   (embeddings.py: per split, per rank, resumable, skipped when complete; into
   options.embeddingsDir, default <checkpoints>/esm_embeddings) and training
   reads them. This LEAKS the masked residues (documented in embeddings.py,
-  shown by the tests): the run logs a warning and its metrics are tagged.
+  shown by the tests): the run logs a warning and its eval metrics carry
+  eval_leaky_esm_embeddings = 1.
 
 Evaluation: eval loss, perplexity (exp of the masked-token CE) and masked-token
 accuracy on the val split; at the end the test split's metrics go to
@@ -297,7 +298,10 @@ class PTMMambaRecipe(RecipeBase):
             correct += int((logits[target].argmax(-1) == labels[target]).sum())
             units += int(target.sum())
         loss = total / max(units, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(units, 1)}
+        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(units, 1)}
+        if self.precomputed:  # tag: these numbers saw the masked residues through the ESM branch
+            scores["leaky_esm_embeddings"] = 1.0
+        return scores
 
     def test_metrics(self, model) -> dict[str, float]:
         from helixrun_trainer.data import mix_seed
