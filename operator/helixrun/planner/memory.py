@@ -9,10 +9,14 @@ Model states (exact; tests build the tiny model with torch and compare byte for 
   `step` tensor per parameter tensor, of trainable parameters only. Autocast
   keeps a half-precision copy of every weight it casts (linears) alive until
   backward: +2 B/param, counted with the activations.
-- ZeRO-2 (DeepSpeed, half-precision model): 2P + 18P/N per GPU (half weights
-  replicated; half gradients, fp32 master weights, m, v, fp32 gradients
-  partitioned over N ranks), as `estimate_zero2_model_states_mem_needs` counts;
-  with CPU offload 2P stays on the GPU and the rest moves to host memory.
+- ZeRO-2 plans run on FSDP2 in the trainer (trainer/helixrun_trainer/distributed.py:
+  fully_shard per block, reshard_after_forward=False, no MixedPrecisionPolicy, AMP
+  autocast): fp32 shards of weights, gradients and AdamW states (4 + 4 + 8 B/param
+  over N ranks), plus the gathered fp32 weights, resident from forward to backward
+  (4 B/param), plus autocast's half copies (2 B/param); with CPU offload the shards
+  and the optimizer step live in host memory (16 B/param x 1.5 for pinned buffers)
+  and 6 B/param stays on the GPU. DeepSpeed's own ZeRO-2 would hold 2P + 18P/N
+  (`zero2_gpu_bytes`, kept as the anchor the tests compare with).
 - LoRA / QLoRA: the base frozen in half precision (or NF4 with double
   quantization, 4.127 bits/param on the layer linears, the rest half); PEFT keeps
   adapters in fp32 (16 B/param with gradients and AdamW states).
@@ -177,8 +181,24 @@ def zero2_gpu_bytes(params: int, world: int, offload: bool) -> float:
 
 
 def zero2_host_bytes(params: int, world: int) -> float:
-    """Host memory per node for ZeRO-2 CPU offload, as DeepSpeed estimates it (1.5 buffer factor)."""
+    """Host memory per node for DeepSpeed ZeRO-2 CPU offload, as DeepSpeed estimates it (1.5 buffer factor)."""
     return params * max(4 * world, 16) * 1.5
+
+
+def fsdp2_zero2_bytes(params: int, tensors: int, world: int, offload: bool) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) per GPU for ZeRO-2 on FSDP2 as the trainer runs it (AMP, fp32 shards).
+
+    Weights: the gathered fp32 copy (kept between forward and backward) + this rank's fp32 shard.
+    Autocast's half copies are counted with the activations. Offload moves shards, gradients and
+    optimizer states to the host."""
+    if offload:
+        return params * FP32, 0.0, 0.0
+    return params * FP32 + params * FP32 / world, params * FP32 / world, (params * ADAM_STATE + tensors * ADAM_STEP) / world
+
+
+def fsdp2_offload_host_bytes(params: int) -> float:
+    """Host memory per node for FSDP2 CPU offload: fp32 shards, gradients, AdamW states (16 B/param) x 1.5 pinned."""
+    return params * 16 * 1.5
 
 
 def deepspeed_all_live_estimate(total_params: int, world: int, offload: bool = False) -> float:

@@ -30,7 +30,6 @@ NCCL_GIB = 0.5  # NCCL communicator buffers when world > 1
 FRAGMENTATION = 0.10  # caching-allocator fragmentation, as a share of what is allocated
 USABLE_FRACTION = 0.95  # safety margin: plan to at most 95 % of the pool's memory
 HOST_GIB_PER_GPU = 32.0  # host memory assumed per GPU for CPU offload (pools do not declare it yet)
-ZERO_BUCKET_ELEMENTS = 50_000_000  # reduce/allgather bucket: DeepSpeed's default 5e8 is 1 GB each in fp16
 LARGE_MODEL_PARAMS = 1_000_000_000  # full training at this size on >1 GPU goes straight to ZeRO-2
 DEFAULT_LORA = {"llama": ("q_proj", "v_proj"), "esm": ("query", "value")}
 
@@ -107,19 +106,14 @@ def estimate(ctx: Context, setup: Setup, micro_batch: int) -> MemoryEstimate:
     frozen = _frozen_weight_bytes(ctx, setup)
     overhead_fixed = CONTEXT_GIB * mem.GIB + (NCCL_GIB * mem.GIB if ctx.world > 1 else 0.0)
     if setup.zero_stage:
-        weights = mem.HALF * p_train + frozen
-        if setup.offload:
-            gradients = optimizer = 0.0
-        else:
-            gradients = 6 * p_train / ctx.world  # half + fp32 gradient partitions
-            optimizer = 12 * p_train / ctx.world  # fp32 master, exp_avg, exp_avg_sq partitions
-        overhead_fixed += 2 * ZERO_BUCKET_ELEMENTS * mem.HALF if p_train > ZERO_BUCKET_ELEMENTS else 0
-        cast_cache = 0.0
+        weights, gradients, optimizer = mem.fsdp2_zero2_bytes(p_train, t_train, ctx.world, setup.offload)
+        weights += frozen
+        gradients += mem.FP32 * _largest_layer_params(ctx)  # one block's unsharded gradients before reduce-scatter
     else:
         weights, gradients, optimizer = mem.trainable_state_bytes(p_train, t_train)
         weights += frozen
-        # Autocast keeps a half copy of each trained weight it casts until backward frees it.
-        cast_cache = mem.HALF * p_train if ctx.precision != "fp32" else 0.0
+    # Autocast keeps a half copy of each trained weight it casts until backward frees it.
+    cast_cache = mem.HALF * p_train if ctx.precision != "fp32" else 0.0
     activations = cast_cache
     nograd_peak = 0.0
     for c in ctx.composition.components:
@@ -129,7 +123,7 @@ def estimate(ctx: Context, setup: Setup, micro_batch: int) -> MemoryEstimate:
         if c is ctx.main and setup.method != "full":
             role_setup = "lora"
         else:
-            role_setup = "train-half" if setup.zero_stage else "train"
+            role_setup = "train"  # AMP on fp32 weights, also under FSDP2
         comp = Component(c.arch, role_setup, c.head, c.tokens_per_sample, c.attention_span)
         attention = ctx.attention if c.arch.attention != ("eager",) else "eager"
         if attention not in c.arch.attention:
@@ -153,7 +147,11 @@ def host_memory_needed_gib(ctx: Context, setup: Setup) -> float:
     if not setup.offload:
         return 0.0
     p_train, _ = _trainable(ctx, setup)
-    return mem.zero2_host_bytes(p_train, ctx.world) / mem.GIB
+    return mem.fsdp2_offload_host_bytes(p_train) / mem.GIB
+
+
+def _largest_layer_params(ctx: Context) -> int:
+    return max(c.arch.layer_params() for c in ctx.composition.components if c.role != "frozen-nograd")
 
 
 # -- choices ---------------------------------------------------------------------
@@ -307,9 +305,7 @@ def _flops_per_token(ctx: Context, setup: Setup) -> float:
 
 def _checkpoint_bytes(ctx: Context, setup: Setup) -> int:
     p_train, t_train = _trainable(ctx, setup)
-    per_param = 4 + 8  # fp32 weights (master) + AdamW exp_avg, exp_avg_sq
-    if setup.zero_stage:
-        per_param += 2  # DeepSpeed also saves the half-precision module weights
+    per_param = 4 + 8  # fp32 weights + AdamW exp_avg, exp_avg_sq (FSDP2 shards save the same bytes)
     return int(p_train * per_param + t_train * 4)
 
 
@@ -396,7 +392,15 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     if setup.checkpointing:
         notes.append(f"gradient checkpointing on: without it not even micro-batch 1 fits {pool.memory_gib:g} GiB")
     if setup.offload:
-        notes.append(f"ZeRO-2 with optimizer CPU offload: ~{host_memory_needed_gib(ctx, setup):.0f} GiB host memory per node")
+        notes.append(
+            f"ZeRO-2 with CPU offload: ~{host_memory_needed_gib(ctx, setup):.0f} GiB host memory per node; "
+            "the optimizer steps on the CPU and weights and gradients cross PCIe every micro-batch"
+        )
+    if setup.zero_stage:
+        notes.append(
+            "ZeRO-2 as the trainer runs it (FSDP2, reshard_after_forward=False, AMP on fp32 shards): "
+            "the gathered fp32 weights stay on the GPU from forward to backward"
+        )
     batching = _batching(spec, world, seq_len, max_micro)
     if batching.note:
         notes.append(batching.note)
@@ -416,8 +420,9 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     tflops = timing.effective_tflops(pool.peak_tflops, precision, ctx.tf32)
     step = tokens_per_step * flops / (world * tflops * 1e12 * mfu)
     if setup.offload:
-        step += timing.offload_seconds_per_step(p_train / world)
-    step += timing.sync_seconds_per_step(p_train, world, spec.hardware.nodes, pool.nvlink, bool(setup.zero_stage))
+        step += timing.offload_seconds_per_step(p_train, world, batching.grad_accum)
+    step += timing.sync_seconds_per_step(p_train, world, spec.hardware.nodes, pool.nvlink, bool(setup.zero_stage),
+                                         batching.grad_accum)
     total_steps = spec.training.max_steps
     total = step * total_steps if total_steps else None
     if total is None:
@@ -448,7 +453,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
         checkpoint_save_seconds=round(save, 1), grace_period_seconds=timing.grace_period_seconds(save),
         async_checkpoint=async_save, load_dtype=_load_dtype(setup, precision), trainable_params=p_train,
         tokens_per_step=tokens_per_step, flops_per_token=flops, mfu=mfu,
-        zero_bucket_elements=ZERO_BUCKET_ELEMENTS if setup.zero_stage else None, notes=notes, **base,
+        notes=notes, **base,
     )
 
 
@@ -480,8 +485,8 @@ def _distributed(setup: Setup, world: int) -> str:
 def _load_dtype(setup: Setup, precision: str) -> str:
     if setup.method == "qlora":
         return "nf4"
-    if precision == "fp32" or (setup.method == "full" and not setup.zero_stage):
-        return "fp32"  # AMP trains fp32 master weights
+    if precision == "fp32" or setup.method == "full":
+        return "fp32"  # AMP trains fp32 weights (sharded or not)
     return precision
 
 

@@ -13,13 +13,14 @@ Assumptions (stated once, used everywhere):
   (forward recomputed), 2·N for a no-grad encoder, plus attention 12·L·h·s
   (half of it when causal) scaled the same way. N excludes input embeddings
   (a lookup, not a matmul).
-- CPU offload adds the CPU optimizer (1e9 params/s per rank) and PCIe traffic
-  (half gradients down, half weights up at 12 GB/s) to every optimizer step.
-- Gradient synchronisation once per optimizer step (accumulation runs under
-  no_sync), not overlapped with compute: ring all-reduce of fp32 gradients for
-  DDP (2(N-1)/N x 4 B/param), reduce-scatter + all-gather of half gradients and
-  weights for ZeRO-2 (2(N-1)/N x 2 B/param each), at 150 GB/s over NVLink,
-  10 GB/s over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
+- CPU offload (FSDP2 CPUOffloadPolicy) adds the CPU AdamW step (5e8 params/s
+  per node) to every optimizer step, and fp32 weights up + fp32 gradients down
+  over PCIe (12 GB/s) to every micro-batch.
+- Communication, not overlapped with compute: DDP all-reduces fp32 gradients
+  once per optimizer step (accumulation under no_sync), 2(N-1)/N x 4 B/param;
+  ZeRO-2 on FSDP2 all-gathers fp32 weights every micro-batch and reduce-scatters
+  fp32 gradients, (N-1)/N x 4 B/param each; at 150 GB/s over NVLink, 10 GB/s
+  over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
 - Checkpoints are written at 500 MB/s (a network PVC: provisioned gp3, Ceph
   RBD); the pod's grace period is the save time x1.5 + 15 s, at least 60 s.
 """
@@ -32,7 +33,7 @@ MFU_LARGE = 0.40
 MFU_MEDIUM = 0.35
 MFU_SMALL = 0.20
 QLORA_MFU_FACTOR = 0.7
-CPU_ADAM_PARAMS_PER_S = 1e9
+CPU_ADAM_PARAMS_PER_S = 5e8
 PCIE_BYTES_PER_S = 12e9
 NVLINK_BYTES_PER_S = 150e9
 PCIE_P2P_BYTES_PER_S = 10e9
@@ -76,18 +77,24 @@ def forward_flops_per_token(matmul_params: int, layers: int, hidden: int, seq_le
     return 2 * matmul_params + 2 * layers * hidden * seq_len
 
 
-def offload_seconds_per_step(trainable_params_per_rank: float) -> float:
-    return trainable_params_per_rank / CPU_ADAM_PARAMS_PER_S + 4 * trainable_params_per_rank / PCIE_BYTES_PER_S
+def offload_seconds_per_step(trainable_params: int, world: int, grad_accum: int) -> float:
+    cpu_step = trainable_params / CPU_ADAM_PARAMS_PER_S
+    pcie = grad_accum * 2 * 4 * trainable_params / world / PCIE_BYTES_PER_S  # every rank moves its share
+    return cpu_step + pcie
 
 
-def sync_seconds_per_step(trainable_params: int, world: int, nodes: int, nvlink: bool, zero: bool) -> float:
+def sync_seconds_per_step(trainable_params: int, world: int, nodes: int, nvlink: bool, zero: bool,
+                          grad_accum: int = 1) -> float:
     if world <= 1:
         return 0.0
     bandwidth = NVLINK_BYTES_PER_S if nvlink else PCIE_P2P_BYTES_PER_S
     if nodes > 1:
         bandwidth = min(bandwidth, INTERNODE_BYTES_PER_S)
-    ring = 2 * (world - 1) / world
-    moved = ring * trainable_params * (2 + 2 if zero else 4)
+    share = (world - 1) / world
+    if zero:  # all-gather of weights each micro-batch + reduce-scatter of gradients
+        moved = share * 4 * trainable_params * (grad_accum + 1)
+    else:  # ring all-reduce once per optimizer step
+        moved = 2 * share * 4 * trainable_params
     return moved / bandwidth
 
 
