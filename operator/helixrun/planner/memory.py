@@ -67,7 +67,8 @@ PROFILES: dict[tuple[str, str], ActivationProfile] = {
     ("llama", "lora"): ActivationProfile(16, 6, 4, 6, 72, HALF, "measured: tiny Llama, bf16 base, LoRA q/v"),
     ("esm", "train"): ActivationProfile(30, 8, 4, 6, 16, FP32, "measured (eager): tiny EsmForMaskedLM, fp32 weights, bf16 autocast"),
     ("esm", "lora"): ActivationProfile(14, 6, 4, 6, 40, HALF, "measured (eager): tiny ESM, bf16 base, LoRA query/value"),
-    # ZeRO (DeepSpeed bf16/fp16): the module itself is half precision, no autocast.
+    # A half-precision module without autocast (DeepSpeed's bf16/fp16 engine, or FSDP2 with
+    # MixedPrecisionPolicy(param_dtype=bf16)). The trainer runs neither today: ZeRO plans use "train".
     ("llama", "train-half"): ActivationProfile(24, 8, 4, 6, 8, HALF, "measured: tiny Llama in bf16, no autocast"),
     ("esm", "train-half"): ActivationProfile(22, 8, 4, 6, 8, HALF, "measured (eager): tiny ESM in bf16, no autocast"),
     # Not measurable here (CUDA-only kernels / custom model): analytic, conservative.
