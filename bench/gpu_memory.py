@@ -293,15 +293,6 @@ def measure_cpu(case: Case, attention: str) -> float | str:
     return (sum(storages.values()) + mode.peak) / GIB
 
 
-def attention_available() -> str:
-    try:
-        import flash_attn  # noqa: F401
-
-        return "flash_attention_2"
-    except ImportError:
-        return "sdpa"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every fourth case")
@@ -309,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="small shapes on CPU, peak from live-tensor tracking")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--only", help="run cases whose name contains this")
+    parser.add_argument("--attention", choices=("sdpa", "flash_attention_2", "eager"), default="sdpa",
+                        help="attention implementation (SDPA picks the flash kernel on Ampere and newer)")
     args = parser.parse_args(argv)
 
     cases = [c for c in (cpu_matrix if args.cpu else matrix)(args.quick) if not args.only or args.only in c.name]
@@ -332,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         torch.backends.cuda.matmul.allow_tf32 = True
         memory = torch.cuda.get_device_properties(0).total_memory / GIB
-        attention, device = attention_available(), torch.cuda.get_device_name(0)
+        attention, device = args.attention, torch.cuda.get_device_name(0)
 
     print(f"device: {device}; attention: {attention}; target: every prediction within {TARGET:.0%}")
     unit = "MiB" if args.cpu else "GiB"
