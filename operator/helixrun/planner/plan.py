@@ -70,7 +70,6 @@ class Plan(BaseModel):
     flops_per_token: float = 0.0
     mfu: float | None = None
     async_checkpoint: bool = False
-    zero_bucket_elements: int | None = None
     host_memory_gib: float = 0.0
     notes: list[str] = Field(default_factory=list)
     # Set when fits is False: why, and the ways out.
