@@ -55,12 +55,15 @@ class Case:
     seq_len: int
     checkpointing: bool
     attention: str | None = None  # None: the best the device has
+    zero: bool = False  # ZeRO-2 as the trainer runs it: FSDP2 per block, reshard_after_forward=False
+    world: int = 1
 
     @property
     def name(self) -> str:
         ckpt = "+ckpt" if self.checkpointing else ""
         attention = f" {self.attention}" if self.attention else ""
-        return f"{self.label} {self.method}{ckpt} b{self.micro_batch} s{self.seq_len}{attention}"
+        zero = f" zero2x{self.world}" if self.zero else ""
+        return f"{self.label} {self.method}{ckpt}{zero} b{self.micro_batch} s{self.seq_len}{attention}"
 
 
 def llama(label: str, hidden: int, layers: int, heads: int, ffn: int, vocab: int) -> Architecture:
@@ -108,6 +111,7 @@ def cpu_matrix(quick: bool) -> list[Case]:
         for ckpt in (False, True):
             cases.append(Case("llama-small", small_llama, "lm", method, 2, 256, ckpt))
             cases.append(Case("llama-small-cls", small_llama, "cls:2", method, 4, 128, ckpt))
+    cases.append(Case("llama-small", small_llama, "lm", "full", 2, 256, False, zero=True, world=2))
     cases.append(Case("llama-32k-vocab", small_vocab, "lm", "lora", 2, 256, False))
     cases.append(Case("llama-32k-vocab", small_vocab, "lm", "full", 2, 256, False))
     # ESM passes a padding mask: CPU SDPA then takes the math path (s² saved), which CUDA does not; compare eager.
@@ -127,10 +131,11 @@ def predict(case: Case, memory_gib: float, attention: str) -> float:
                 flashAttention2=attention == "flash_attention_2", nvlink=False, peakTFLOPS=1.0)
     component = Component(case.arch, "train" if case.method == "full" else "lora", case.head, case.seq_len)
     ctx = Context(
-        composition=Composition("bench", (component,)), pool=pool, world=1, precision="bf16", tf32=True,
+        composition=Composition("bench", (component,)), pool=pool, world=case.world, precision="bf16", tf32=True,
         attention=attention, seq_len=case.seq_len, lora_r=8, lora_targets=lora_targets(case.arch), lora_dropout=0.05,
     )
-    return estimate(ctx, Setup(case.method, checkpointing=case.checkpointing), case.micro_batch).allocated
+    setup = Setup(case.method, zero_stage=2 if case.zero else 0, checkpointing=case.checkpointing)
+    return estimate(ctx, setup, case.micro_batch).allocated
 
 
 def build(case: Case, attention: str, device: str = "cuda"):
@@ -227,6 +232,7 @@ class LivePeak:
     """Peak bytes of storages allocated during a region and alive at once (CPU stand-in for max_memory_allocated)."""
 
     def __new__(cls, existing: set[int]):
+        import torch
         from torch.multiprocessing.reductions import StorageWeakRef
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten
@@ -234,23 +240,26 @@ class LivePeak:
         class Mode(TorchDispatchMode):
             def __init__(self):
                 super().__init__()
-                self.refs: dict[int, tuple[object, int]] = {}
-                self.live = 0
+                self.refs: dict[int, StorageWeakRef] = {}
                 self.peak = 0
 
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for key in [k for k, (ref, _) in self.refs.items() if ref.expired()]:
-                    self.live -= self.refs.pop(key)[1]
+                for key in [k for k, ref in self.refs.items() if ref.expired()]:
+                    del self.refs[key]
                 for t in tree_flatten(out)[0]:
                     if hasattr(t, "untyped_storage"):
-                        storage = t.untyped_storage()
-                        key = storage.data_ptr()
+                        try:
+                            storage = t.untyped_storage()
+                            key = storage.data_ptr() if storage.nbytes() else 0
+                        except RuntimeError:  # a storage FSDP2 has released
+                            continue
                         # in-place ops return parameters, gradients, optimizer states: not new memory
                         if key and key not in self.refs and key not in existing:
-                            self.refs[key] = (StorageWeakRef(storage), storage.nbytes())
-                            self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
+                            self.refs[key] = StorageWeakRef(storage)
+                # current sizes: FSDP2 frees gathered weights by resizing their storage to 0
+                live = sum(torch.UntypedStorage._new_with_weak_ptr(ref.cdata).nbytes() for ref in self.refs.values())
+                self.peak = max(self.peak, live)
                 return out
 
         return Mode()
@@ -262,8 +271,49 @@ def measure_cpu(case: Case, attention: str) -> float | str:
 
     if case.method == "qlora":
         return "skipped: NF4 needs CUDA"
+    if case.zero:
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        results = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_fsdp2_rank, args=(rank, case, attention, results)) for rank in range(case.world)]
+        for proc in procs:
+            proc.start()
+        peaks = [results.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        return max(peaks)
+    return _cpu_peak(case, attention, build(case, attention, device="cpu"))
+
+
+def _fsdp2_rank(rank: int, case: Case, attention: str, results) -> None:
+    """One rank of a gloo group: the model sharded as the trainer shards ZeRO-2 plans, then the CPU peak."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=rank, world_size=case.world)
+    try:
+        model = build(case, attention, device="cpu")
+        mesh = init_device_mesh("cpu", (case.world,))
+        for module in model.modules():
+            if module.__class__.__name__.endswith(("Layer", "Block")) and module is not model:
+                fully_shard(module, mesh=mesh, reshard_after_forward=False)
+        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+        results.put(_cpu_peak(case, attention, model))
+    finally:
+        dist.destroy_process_group()
+
+
+def _cpu_peak(case: Case, attention: str, model) -> float:
+    import torch
+
     torch.manual_seed(0)
-    model = build(case, attention, device="cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=False)  # fused on GPU: no temporaries either
     high = case.arch.vocab - 1 if case.arch.family == "llama" else 29
@@ -279,14 +329,19 @@ def measure_cpu(case: Case, attention: str) -> float | str:
 
     step()
     storages = {}
+
+    def keep(t):
+        t = getattr(t, "_local_tensor", t)  # FSDP2 shards are DTensors
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
     for p in model.parameters():
-        storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+        keep(p)
         if p.grad is not None:
-            storages[p.grad.untyped_storage().data_ptr()] = p.grad.untyped_storage().nbytes()
+            keep(p.grad)
     for state in optimizer.state.values():
         for t in state.values():
             if torch.is_tensor(t):
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                keep(t)
     mode = LivePeak(set(storages))
     with mode:
         step()
