@@ -123,3 +123,14 @@ def test_fastq_records_and_errors(tmp_path):
     not_fastq.write_text(">r1\nACGT\n")
     with pytest.raises(FastaError, match="expected a '@' header"):
         list(read_fastq(not_fastq))
+
+
+def test_pyfastx_engine_checks_every_batch_of_records(tmp_path):
+    from helixrun_trainer.formats.fasta import _read_fasta_pyfastx
+
+    path = tmp_path / "many.fasta"
+    path.write_text("".join(f">r{i}\n{'ACGT' if i != 5 else 'ACXT'}\n" for i in range(11)))
+    skips = Skips()
+    got = [r.index for r in _read_fasta_pyfastx(path, alphabet=DNA.replace("N", ""), max_length=None,
+                                                on_error="skip", skips=skips, batch=2)]
+    assert got == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11] and skips.counts == {"invalid-character": 1}

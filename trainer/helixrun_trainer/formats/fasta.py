@@ -30,6 +30,7 @@ import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import IO, Iterator, Literal
 
@@ -181,27 +182,41 @@ def _preamble(path) -> None:
         raise FastaError(path, "text before the first '>' header: not a FASTA file", line=line)
 
 
-def _read_fasta_pyfastx(path, *, alphabet, max_length, on_error, skips) -> Iterator[Record]:
+def _read_fasta_pyfastx(path, *, alphabet, max_length, on_error, skips, batch: int = 4096) -> Iterator[Record]:
     _preamble(path)
     checker = _Checker(path, alphabet, max_length, on_error, skips)
     fast = checker.allowed if checker.allowed is not None else _FAST_ANY
+    # A generator around it: pyfastx.Fasta.__iter__ rewinds the file, so islice must call it only once.
+    records = (record for record in _pyfastx.Fasta(str(path), build_index=False, full_name=True))
+    index = 0
     try:
-        for index, (description, text) in enumerate(_pyfastx.Fasta(str(path), build_index=False, full_name=True), 1):
-            seq = text.encode("latin-1")
-            record_id = description.split(None, 1)[0] if description else ""
-            if not seq or not record_id or seq.translate(None, fast) or (max_length and len(seq) > max_length):
-                description = description.rstrip()
-                try:
-                    if not record_id:
-                        checker.fail("has an empty header", reason="empty-header", index=index)
-                        continue
-                    seq = seq.translate(_UPPER, _WHITESPACE)
-                    if not checker.check(seq, index=index, line=None, record_id=record_id):
-                        continue
-                except FastaError as error:  # raising: name the line too, found by the line-tracking reader
-                    raise _located(path, error, alphabet, max_length) from None
-                text = seq.decode("latin-1")
-            yield Record(record_id, description, text, None, index, 0)
+        while True:
+            chunk = list(islice(records, batch))
+            if not chunk:
+                break
+            # One C-level pass decides for the whole chunk; per-record checks only run on a suspect chunk.
+            seqs = [text for _, text in chunk]
+            lengths = list(map(len, seqs))
+            clean = min(lengths) > 0 and (max_length is None or max(lengths) <= max_length) \
+                and not "".join(seqs).encode("latin-1", "replace").translate(None, fast)
+            for description, text in chunk:
+                index += 1
+                record_id = description.split(None, 1)[0] if description else ""
+                if not clean or not record_id:
+                    seq = text.encode("latin-1", "replace")
+                    if not seq or not record_id or seq.translate(None, fast) or (max_length and len(seq) > max_length):
+                        description = description.rstrip()
+                        try:
+                            if not record_id:
+                                checker.fail("has an empty header", reason="empty-header", index=index)
+                                continue
+                            seq = seq.translate(_UPPER, _WHITESPACE)
+                            if not checker.check(seq, index=index, line=None, record_id=record_id):
+                                continue
+                        except FastaError as error:  # raising: name the line too, found by the line-tracking reader
+                            raise _located(path, error, alphabet, max_length) from None
+                        text = seq.decode("latin-1")
+                yield Record(record_id, description, text, None, index, 0)
     except RuntimeError as error:  # pyfastx's own refusal of a file it cannot parse
         raise FastaError(path, f"cannot be parsed as FASTA ({error})") from None
 
