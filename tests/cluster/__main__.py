@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.cluster")
     ap.add_argument("command", choices=["up", "down", "status", "build"])
     ap.add_argument("--state-dir", default=os.environ.get("HELIXRUN_CLUSTER_STATE", ".cluster"))
-    ap.add_argument("--timeout", type=float, default=180.0)
+    ap.add_argument("--timeout", type=float, default=None, help="startup timeout scale in s (default 360)")
     args = ap.parse_args(argv)
     state_dir = os.path.abspath(args.state_dir)
 

@@ -574,7 +574,7 @@ class ControlPlane:
         kubeconfig: str | os.PathLike | None = None,
         build: bool = True,
         keep_state: bool | None = None,
-        startup_timeout: float = 180.0,
+        startup_timeout: float | None = None,
         verbosity: int = 1,
         die_with_parent: bool = False,
     ):
@@ -584,7 +584,9 @@ class ControlPlane:
         self._build = build
         self.kubeconfig = str(Path(kubeconfig).resolve()) if kubeconfig else str(self.state_dir / "kubeconfig")
         self.keep_state = (not self._own_state_dir) if keep_state is None else keep_state
-        self.startup_timeout = startup_timeout
+        # Scales every readiness wait; generous because a 2-core machine shared
+        # by several test sessions (load average 20+) makes startup crawl.
+        self.startup_timeout = float(startup_timeout or os.environ.get("HELIXRUN_CLUSTER_TIMEOUT") or 360)
         self.verbosity = verbosity
         # Children get SIGKILL when this process dies (PR_SET_PDEATHSIG), e.g. a
         # pytest run killed by a CI timeout. Off for the CLI, whose `up` exits.
@@ -680,7 +682,7 @@ class ControlPlane:
         return {p.name: p.is_alive() for p in self.procs}
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [self.binary("kubectl"), "--kubeconfig", self.kubeconfig, *args],
@@ -780,7 +782,7 @@ class ControlPlane:
                 raise ClusterError(f"{p.name} exited during startup; log tail:\n{tail}")
 
     def _t(self, seconds: float) -> float:
-        """A phase timeout, scaled by startup_timeout (default 180 s = scale 1)."""
+        """A phase timeout: ``seconds`` at startup_timeout=180 (the default 360 doubles them)."""
         return seconds * self.startup_timeout / 180.0
 
     def _phase(self, name: str, t0: float) -> None:
@@ -884,7 +886,7 @@ class ControlPlane:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
-    def _https_get(self, url: str, client_cert: bool = True, verify: bool = True, timeout: float = 5) -> tuple[int, str]:
+    def _https_get(self, url: str, client_cert: bool = True, verify: bool = True, timeout: float = 10) -> tuple[int, str]:
         d = self.state_dir / "pki"
         if verify:
             ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
@@ -924,7 +926,7 @@ class ControlPlane:
         )
 
         def healthy() -> bool:
-            with urllib.request.urlopen(f"{client}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{client}/health", timeout=10) as r:
                 return json.loads(r.read()).get("health") == "true"
 
         wait_until("etcd /health", healthy, self._t(60), alive=self._check_alive)
@@ -1099,7 +1101,7 @@ class ControlPlane:
         )
 
         def op_ready() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/readyz", timeout=10) as r:
                 return r.status == 200
 
         wait_until("training-operator /readyz", op_ready, self._t(90), alive=self._check_alive)

@@ -32,6 +32,7 @@ _SHARED: dict[str, object] = {}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", MARKER)
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still run in CI)")
 
 
 def make_cluster(mode: str | None = None):

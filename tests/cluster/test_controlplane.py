@@ -125,7 +125,7 @@ def test_nodes_ready_with_gpu_capacity_and_labels(cluster):
 @pytest.mark.cluster
 def test_pytorchjob_pods_are_scheduled_on_rtx4090_and_run(cluster, namespace):
     create_job(cluster, namespace, "smoke", master=1, workers=1, pool="rtx4090", gpus=2)
-    pods = wait_for("2 running pods", lambda: running_pods(cluster, namespace, "smoke", 2), 90)
+    pods = wait_for("2 running pods", lambda: running_pods(cluster, namespace, "smoke", 2), 180)
     roles = sorted(p["metadata"]["labels"][ROLE_LABEL] for p in pods)
     assert roles == ["master", "worker"]
     for p in pods:
@@ -135,7 +135,7 @@ def test_pytorchjob_pods_are_scheduled_on_rtx4090_and_run(cluster, namespace):
         assert c["resources"]["limits"][GPU_RESOURCE] == "2"
     # 2 GPUs each on 2-GPU nodes: the scheduler must have used two different nodes.
     assert len({p["spec"]["nodeName"] for p in pods}) == 2
-    wait_for("job Running", lambda: job_conditions(cluster, namespace, "smoke").get("Running") == "True", 60)
+    wait_for("job Running", lambda: job_conditions(cluster, namespace, "smoke").get("Running") == "True", 120)
 
 
 @pytest.mark.cluster
@@ -155,7 +155,7 @@ def test_exit_code_137_fails_pod_and_operator_recreates_it(cluster, namespace, a
     from kubernetes import client, watch
 
     create_job(cluster, namespace, "retry", master=1, workers=1, pool="rtx4090", gpus=1)
-    pods = wait_for("2 running pods", lambda: running_pods(cluster, namespace, "retry", 2), 90)
+    pods = wait_for("2 running pods", lambda: running_pods(cluster, namespace, "retry", 2), 180)
     worker = next(p for p in pods if p["metadata"]["labels"][ROLE_LABEL] == "worker")
     name, old_uid = worker["metadata"]["name"], worker["metadata"]["uid"]
 
@@ -167,7 +167,7 @@ def test_exit_code_137_fails_pod_and_operator_recreates_it(cluster, namespace, a
     w = watch.Watch()
     for ev in w.stream(
         core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
-        resource_version=rv, timeout_seconds=60,
+        resource_version=rv, timeout_seconds=120,
     ):
         pod = ev["object"]
         if pod.metadata.uid != old_uid or pod.status.phase != "Failed":
@@ -190,7 +190,7 @@ def test_exit_code_137_fails_pod_and_operator_recreates_it(cluster, namespace, a
                 return p
         return None
 
-    new = wait_for("worker pod recreated and Running", recreated, 90)
+    new = wait_for("worker pod recreated and Running", recreated, 180)
     assert EXIT_CODE_ANNOTATION not in (new["metadata"].get("annotations") or {})
     conds = job_conditions(cluster, namespace, "retry")
     assert conds.get("Failed") != "True", conds
@@ -201,13 +201,13 @@ def test_exit_code_1_fails_job_and_0_succeeds(cluster, namespace):
     create_job(cluster, namespace, "perm", master=1, workers=0, pool="a800", gpus=8)
     create_job(cluster, namespace, "ok", master=1, workers=0, pool="a800", gpus=8)
     for job in ("perm", "ok"):
-        wait_for(f"{job} running", lambda job=job: running_pods(cluster, namespace, job, 1), 90)
+        wait_for(f"{job} running", lambda job=job: running_pods(cluster, namespace, job, 1), 180)
     perm_pod = pods_of(cluster, namespace, "perm")[0]["metadata"]["name"]
     ok_pod = pods_of(cluster, namespace, "ok")[0]["metadata"]["name"]
     cluster.kubectl("annotate", "pod", perm_pod, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=1")
     cluster.kubectl("annotate", "pod", ok_pod, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=0")
-    wait_for("perm Failed", lambda: job_conditions(cluster, namespace, "perm").get("Failed") == "True", 60)
-    wait_for("ok Succeeded", lambda: job_conditions(cluster, namespace, "ok").get("Succeeded") == "True", 60)
+    wait_for("perm Failed", lambda: job_conditions(cluster, namespace, "perm").get("Failed") == "True", 120)
+    wait_for("ok Succeeded", lambda: job_conditions(cluster, namespace, "ok").get("Succeeded") == "True", 120)
     ok = pods_of(cluster, namespace, "ok")[0]
     assert ok["status"]["phase"] == "Succeeded"
     term = ok["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -240,7 +240,7 @@ def test_garbage_collector_cascades_owner_deletion(cluster, namespace):
         r = cluster.kubectl("get", "configmap", "owned", "-n", namespace, check=False)
         return r.returncode != 0 and "NotFound" in r.stderr
 
-    wait_for("owned ConfigMap garbage-collected", gone, 60)
+    wait_for("owned ConfigMap garbage-collected", gone, 120)
 
 
 def _leftovers(state_dir: Path, pids) -> list[str]:
@@ -258,6 +258,7 @@ def _state(pid):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_stop_leaves_no_process(cluster, tmp_path):
     if not isinstance(cluster, ControlPlane):
         pytest.skip("local control plane only")
@@ -272,6 +273,7 @@ def test_stop_leaves_no_process(cluster, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_failed_startup_cleans_up(cluster, tmp_path):
     if not isinstance(cluster, ControlPlane):
         pytest.skip("local control plane only")
@@ -300,6 +302,7 @@ def test_failed_startup_cleans_up(cluster, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_children_die_with_a_killed_owner(cluster, tmp_path):
     """A pytest process killed by SIGKILL (CI timeout) leaves no control plane behind."""
     if not isinstance(cluster, ControlPlane):
