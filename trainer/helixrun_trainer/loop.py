@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -229,71 +230,90 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
-        env = self.env
         self.resume()
+        self._write_run_records()
+        progress = ProgressLog(self.total_steps, self.state.step, enabled=self.env.is_main)
+        try:
+            with Preemption() as preempt:
+                while self.state.step < self.total_steps:
+                    t0 = time.monotonic()
+                    out = self.train_step(self.state.step)
+                    record = self._account(out, time.monotonic() - t0)
+                    step = record["step"]
+                    if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
+                        record.update(self._evaluate_at(step, progress))
+                    self._log(record, progress)
+                    pause_point(self.checkpoints.root, step, "after-step", self.env.rank)
+                    if self._checkpoint_or_stop(step, preempt.requested):
+                        progress.message(f"preempted: checkpoint at step {step} committed, "
+                                         f"exiting {preempt.exit_code}")
+                        return preempt.exit_code
+            self._finish()
+            return EXIT_OK
+        finally:
+            progress.close()
+            if self.prefetch:
+                self.prefetch.close()
+            self.records.close()
+            self.prom.close()
+
+    # -- the loop's parts ---------------------------------------------------------
+
+    def _write_run_records(self) -> None:
         records = Path(self.cfg.paths.records)
-        self.records = RunRecords(records, self.state.step, enabled=env.is_main)
-        if env.is_main:
-            records.mkdir(parents=True, exist_ok=True)
+        self.records = RunRecords(records, self.state.step, enabled=self.env.is_main)
+        if self.env.is_main:
             durable_write(records / "config.yaml", lambda f: f.write(self.cfg.to_yaml().encode()))
             if self.data.split_mapping is not None:
-                import json
+                text = json.dumps(self.data.split_mapping, indent=1)
+                durable_write(records / "split_mapping.json", lambda f: f.write(text.encode()))
 
-                durable_write(records / "split_mapping.json",
-                              lambda f: f.write(json.dumps(self.data.split_mapping, indent=1).encode()))
-        progress = ProgressLog(self.total_steps, self.state.step, enabled=env.is_main)
-        exit_code = EXIT_OK
-        with Preemption() as preempt:
-            while self.state.step < self.total_steps:
-                t0 = time.monotonic()
-                out = self.train_step(self.state.step)
-                self.state.step += 1
-                self.state.tokens_seen += out["tokens"]
-                self.state.samples_seen += out["samples"]
-                dt = time.monotonic() - t0
-                step = self.state.step
-                record = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                          "tokens_per_second": out["tokens"] / dt if dt > 0 else 0.0,
-                          "samples_per_second": out["samples"] / dt if dt > 0 else 0.0,
-                          "epoch": self.batches.epoch_of(step - 1)}
-                if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
-                    self.state.eval_metrics = self.evaluate()
-                    self.state.last_eval_step = step
-                    record.update(self.state.eval_metrics)
-                    for k, v in self.state.eval_metrics.items():
-                        self.prom.set("helixrun_eval_metric", v, metric=k)
-                    progress.message(f"eval at step {step}: " + " ".join(
-                        f"{k} {v:.4f}" for k, v in self.state.eval_metrics.items()))
-                self._export_step(record, dt, progress)
-                logged = step % self.log_every == 0 or step == self.total_steps or "eval_loss" in record
-                if logged:
-                    self.records.write(record)
-                progress.update(record, logged)
-                pause_point(self.checkpoints.root, step, "after-step", env.rank)
-                # One all-reduce per step: did any rank get SIGTERM; is any rank still writing an async save.
-                stop, writing = distributed.flags_any(env, preempt.requested, not self.checkpoints.part_written())
-                self.checkpoints.finish_if_ready(all_ranks_written=not writing)
-                self._export_checkpoint()
-                if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
-                    self.save("preempted" if stop else "periodic")
-                if stop:
-                    self.checkpoints.wait()
-                    self._export_checkpoint()
-                    progress.message(f"preempted: checkpoint at step {step} committed, exiting {preempt.exit_code}")
-                    exit_code = preempt.exit_code
-                    break
-            else:
-                self.checkpoints.wait()
-                self._export_checkpoint()
-                if self.plan.distributed in ("none", "ddp"):
-                    distributed.check_replicas_agree(env, self.module)
-                self.export_final()
-        progress.close()
-        if self.prefetch:
-            self.prefetch.close()
-        self.records.close()
-        self.prom.close()
-        return exit_code
+    def _account(self, out: dict, dt: float) -> dict:
+        """Advance the counters past the step just taken; its metrics record."""
+        self.state.step += 1
+        self.state.tokens_seen += out["tokens"]
+        self.state.samples_seen += out["samples"]
+        return {"step": self.state.step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                "tokens_per_second": out["tokens"] / dt if dt > 0 else 0.0,
+                "samples_per_second": out["samples"] / dt if dt > 0 else 0.0,
+                "epoch": self.batches.epoch_of(self.state.step - 1), "_seconds": dt}
+
+    def _evaluate_at(self, step: int, progress: ProgressLog) -> dict:
+        self.state.eval_metrics = self.evaluate()
+        self.state.last_eval_step = step
+        for k, v in self.state.eval_metrics.items():
+            self.prom.set("helixrun_eval_metric", v, metric=k)
+        progress.message(f"eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in self.state.eval_metrics.items()))
+        return self.state.eval_metrics
+
+    def _log(self, record: dict, progress: ProgressLog) -> None:
+        dt = record.pop("_seconds")
+        self._export_step(record, dt, progress)
+        step = record["step"]
+        logged = step % self.log_every == 0 or step == self.total_steps or "eval_loss" in record
+        if logged:
+            self.records.write(record)
+        progress.update(record, logged)
+
+    def _checkpoint_or_stop(self, step: int, signalled: bool) -> bool:
+        """Checkpoint when due or when any rank was signalled (then True: the caller exits)."""
+        # One all-reduce per step: did any rank get SIGTERM; is any rank still writing an async save.
+        stop, writing = distributed.flags_any(self.env, signalled, not self.checkpoints.part_written())
+        self.checkpoints.finish_if_ready(all_ranks_written=not writing)
+        self._export_checkpoint()
+        if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
+            self.save("preempted" if stop else "periodic")
+        if stop:
+            self.checkpoints.wait()
+            self._export_checkpoint()
+        return stop
+
+    def _finish(self) -> None:
+        self.checkpoints.wait()
+        self._export_checkpoint()
+        if self.plan.distributed in ("none", "ddp"):
+            distributed.check_replicas_agree(self.env, self.module)
+        self.export_final()
 
     def _export_step(self, record: dict, dt: float, progress: ProgressLog) -> None:
         p = self.prom
