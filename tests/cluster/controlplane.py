@@ -1100,12 +1100,14 @@ class ControlPlane:
             env={**self._child_env(), "MY_POD_NAMESPACE": OPERATOR_NAMESPACE},
         )
 
-        def op_ready() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/readyz", timeout=10) as r:
+        def op_healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p['op_health']}/healthz", timeout=10) as r:
                 return r.status == 200
 
-        wait_until("training-operator /readyz", op_ready, self._t(90), alive=self._check_alive)
-        # End-to-end: the apiserver must reach the webhook and get a denial.
+        # Ready = the apiserver gets a denial from the webhook: that needs certs
+        # injected, controllers and webhooks registered and the server up.
+        # /readyz is not polled on purpose: its handler takes the manager lock
+        # (GetWebhookServer) and so races with the operator's own setup.
         bad = pytorchjob("helixrun-webhook-probe", master=2, workers=1)
 
         def webhook_denies() -> bool:
@@ -1116,7 +1118,21 @@ class ControlPlane:
                 return True
             raise ClusterError(r.stderr.strip())
 
-        wait_until("training-operator webhook to deny an invalid PyTorchJob", webhook_denies, self._t(60), alive=self._check_alive)
+        op = self.procs[-1]
+        try:
+            wait_until("training-operator /healthz", op_healthy, self._t(60), alive=self._check_alive)
+            wait_until(
+                "training-operator webhook to deny an invalid PyTorchJob",
+                webhook_denies,
+                self._t(120),
+                alive=self._check_alive,
+            )
+        except ClusterError:
+            # Go dumps every goroutine on SIGQUIT: shows where it is stuck (log kept).
+            with contextlib.suppress(OSError):
+                os.kill(op.pid, signal.SIGQUIT)
+                time.sleep(1)
+            raise
 
 
 def running_control_plane(state_dir: str | os.PathLike) -> ControlPlane | None:
