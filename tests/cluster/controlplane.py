@@ -566,6 +566,7 @@ class ControlPlane:
     """etcd + kube-apiserver + kcm + scheduler + kwok + training-operator on loopback."""
 
     STATE_FILE = "state.json"
+    supports_exit_code_annotation = True
 
     def __init__(
         self,

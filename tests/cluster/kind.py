@@ -145,6 +145,24 @@ class KindCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
+    def apply(self, obj: dict | list, server_side: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+        docs = obj if isinstance(obj, list) else [obj]
+        args = ["apply", "-f", "-"]
+        if server_side:
+            args += ["--server-side", "--force-conflicts", "--field-manager=helixrun-tests"]
+        return self.kubectl(*args, input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}), check=check)
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.kubeconfig
+        return env
+
+    def terminate_pod(self, namespace: str, pod: str, exit_code: int) -> None:
+        raise NotImplementedError("exit codes can only be injected on the kwok control plane")
+
     def start(self) -> "KindCluster":
         for tool in (self.kind, self.kubectl_bin):
             if shutil.which(tool) is None:

@@ -380,3 +380,7 @@ def test_kind_command_construction(tmp_path):
     assert workers[5]["labels"][POOL_LABEL] == "rtx4090"
     assert gpu_status_patch(8).count("nvidia.com~1gpu") == 2
     assert not KindCluster.supports_exit_code_annotation
+    # Same interface as ControlPlane.
+    for attr in ("kubeconfig", "server", "bin_dir", "kubectl", "apply", "get_json", "env", "stop", "terminate_pod"):
+        assert hasattr(k, attr), attr
+    assert ControlPlane.supports_exit_code_annotation
