@@ -10,8 +10,10 @@ the first that fits, with the largest micro-batch that fits:
   lora:  LoRA -> LoRA + checkpointing -> (allowQLoRA) QLoRA -> QLoRA + checkpointing
   qlora: QLoRA -> QLoRA + checkpointing
 
-Nothing fits: `fits=False` and a refusal giving the smallest estimate and the
-ways out (another method, QLoRA, more GPUs, a pool where it fits).
+ZeRO-2 plans say distributed="deepspeed", zero_stage=2; the trainer runs them on
+FSDP2 and memory.py models that (see its docstring). Nothing fits: `fits=False`
+and a refusal giving the smallest estimate and the ways out (another method,
+QLoRA, more GPUs, a pool where it fits).
 """
 
 from __future__ import annotations
