@@ -165,7 +165,13 @@ def validate(obj: dict, source: str = "") -> dict:
 # -- typed access -----------------------------------------------------------
 
 
+# Acronyms that stay one word in attribute names (allowQLoRA -> allow_qlora).
+_ACRONYMS = {"QLoRA": "Qlora"}
+
+
 def _snake(name: str) -> str:
+    for acronym, word in _ACRONYMS.items():
+        name = name.replace(acronym, word)
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 

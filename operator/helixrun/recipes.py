@@ -143,4 +143,7 @@ def with_defaults(spec: dict) -> dict:
     model = merged.get("model", {})
     if model.get("method") == "full" and "lora" not in spec.get("model", {}):
         model.pop("lora", None)  # the recipe's adapter defaults do not apply to full training
+    own_batch = spec.get("training", {}).get("globalBatch")
+    if own_batch:  # samples and tokens exclude each other: the run's choice replaces the recipe's whole
+        merged["training"]["globalBatch"] = copy.deepcopy(own_batch)
     return merged

@@ -92,15 +92,20 @@ def check_pool(run: api.TrainingRun, pools: dict[str, Pool], source: str = "") -
     return pool
 
 
-def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths = POD_PATHS, source: str = "") -> ResolvedRun:
-    pool = check_pool(run, pools, source)
+def spec_with_defaults(run: api.TrainingRun, source: str = "") -> dict:
+    """The run's spec with its recipe's defaults, validated as the API server would validate it."""
     spec = recipes.with_defaults(run.raw_spec)
-    # Defaults must themselves be valid: validate the merged spec as the API server would.
-    merged = api.validate(
+    return api.validate(
         {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
         f"{source} (with {spec['recipe']} defaults)",
     )["spec"]
-    plan = make_plan(api.RunSpec.model_validate(merged), pool)
+
+
+def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths = POD_PATHS, source: str = "") -> ResolvedRun:
+    pool = check_pool(run, pools, source)
+    merged = spec_with_defaults(run, source)
+    # All pools, so a refusal can name the pools where the run would fit.
+    plan = make_plan(api.RunSpec.model_validate(merged), pool, alternatives=pools)
     return ResolvedRun(
         name=run.name, namespace=run.namespace, uid=run.uid, labels=run.labels,
         spec=merged, pool=pool, plan=plan, paths=paths,

@@ -150,3 +150,13 @@ def test_full_training_drops_the_recipes_lora_defaults():
     run = api.TrainingRun.from_object(base_run(recipe="genechat", model={"method": "full"}))
     resolved = resolve(run, default_pools())
     assert resolved.spec["model"]["method"] == "full" and "lora" not in resolved.spec["model"]
+
+
+def test_a_runs_global_batch_replaces_the_recipes_whole():
+    run = api.TrainingRun.from_object(base_run(training={"maxSteps": 5, "globalBatch": {"samples": 64}}))
+    assert resolve(run, default_pools()).spec["training"]["globalBatch"] == {"samples": 64}
+
+
+def test_acronyms_stay_one_word_in_attribute_names():
+    run = api.TrainingRun.from_object(base_run(model={"allowQLoRA": True}))
+    assert run.spec.model.allow_qlora is True

@@ -50,7 +50,7 @@ def test_metagene_lora_refused_without_qlora_on_10gib_but_switched_when_allowed(
     assert not plan.fits and "allowQLoRA" in plan.refusal and "rtx4090" in plan.refusal
     (training_run,) = api.load_runs((RUNS / "metagene-lora-rtx4090.yaml").read_text())
     spec = merged_spec(training_run)
-    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"allow_qlo_ra": True})})
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"allow_qlora": True})})
     plan = make_plan(spec, pools["rtx3080"])
     assert plan.fits and plan.method == "qlora" and plan.load_dtype == "nf4"
     assert any("switched lora -> qlora" in n for n in plan.notes)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from helixrun import api, recipes
+from helixrun import api
 from helixrun.planner import Plan, make_plan
 from helixrun.planner.timing import format_duration
 from helixrun.pools import Pool, PoolConfigError, load_pools
+from helixrun.resolve import spec_with_defaults
 
 EXIT_INVALID = 2
 EXIT_REFUSED = 3
@@ -27,22 +28,8 @@ def register(subparsers) -> None:
 
 
 def merged_spec(training_run: api.TrainingRun, source: str = ""):
-    """The spec the planner sees: the run with its recipe's defaults, validated as the API server would."""
-    spec = recipes.with_defaults(training_run.raw_spec)
-    # A run that asks for method full drops the recipe's default LoRA block (the CRD forbids lora with full);
-    # recipes.with_defaults should do this itself — until it does, the planner's CLI does.
-    own_model = training_run.raw_spec.get("model", {})
-    if own_model.get("method") == "full" and "lora" not in own_model:
-        spec["model"].pop("lora", None)
-    # Likewise a run's globalBatch replaces the recipe's (samples and tokens exclude each other).
-    own_batch = training_run.raw_spec.get("training", {}).get("globalBatch")
-    if own_batch:
-        spec["training"]["globalBatch"] = dict(own_batch)
-    merged = api.validate(
-        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": training_run.name}, "spec": spec},
-        f"{source} (with {spec['recipe']} defaults)",
-    )["spec"]
-    return api.RunSpec.model_validate(merged)
+    """The spec the planner sees: the run with its recipe's defaults, as the operator resolves it."""
+    return api.RunSpec.model_validate(spec_with_defaults(training_run, source))
 
 
 def on_pool(spec, pool: Pool) -> tuple[object, str | None]:

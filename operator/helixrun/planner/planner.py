@@ -466,9 +466,8 @@ def _refused_without_estimate(spec, pool: Pool, why: str) -> Plan:
 
 
 def allows_qlora(spec) -> bool:
-    """spec.model.allowQLoRA (the generated model spells the attribute allow_qlo_ra: accept both)."""
-    model = spec.model
-    return bool(getattr(model, "allow_qlora", None) or getattr(model, "allow_qlo_ra", None))
+    """Whether the run lets the planner fall back to 4-bit QLoRA (spec.model.allowQLoRA)."""
+    return bool(spec.model.allow_qlora)
 
 
 def _requested(spec, world: int) -> int:
