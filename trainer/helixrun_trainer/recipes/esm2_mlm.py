@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -189,7 +190,11 @@ class Esm2MLM(RecipeBase):
         if tiny:
             path = Path(data_dir) / "tiny-esm2.fasta"
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_fasta(tiny_sequences(seed), path)
+            # Every rank writes the same file: stage it under a private name and rename, so no rank ever
+            # reads a file another rank is rewriting.
+            staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            write_fasta(tiny_sequences(seed), staging)
+            os.replace(staging, path)
         else:
             path = resolve_data_path(cfg, data_dir)
             if not path.is_file():
