@@ -85,7 +85,10 @@ class Trainer:
         self.wait_for_file(self.workdir / "checkpoints" / f"PAUSED-{step}-{phase}-r{rank}")
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
-        os.killpg(self.proc.pid, sig)
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:  # it finished first: the caller sees its exit code
+            pass
         return self.wait()
 
     def wait(self) -> int:
