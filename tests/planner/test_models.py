@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+import torch
+import transformers
+import peft
 
 from helixrun.planner import memory as mem  # noqa: E402
 from helixrun.planner.models import CATALOG, Architecture, lookup  # noqa: E402

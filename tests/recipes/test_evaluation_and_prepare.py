@@ -35,7 +35,7 @@ def test_meteor_uses_wordnet_synonyms():
     try:
         wordnet()
     except WordNetMissing as exc:
-        pytest.skip(f"WordNet is not installed here ({exc}); CI installs Debian's wordnet-base")
+        pytest.fail(f"WordNet is missing ({exc}): install Debian's wordnet-base (.ci/apt-packages.txt)")
     exact = meteor(["the dog runs fast"], ["the dog runs fast"])
     synonym = meteor(["the hound runs fast"], ["the dog runs fast"])  # hound ~ dog in WordNet
     other = meteor(["the cow runs fast"], ["the dog runs fast"])
