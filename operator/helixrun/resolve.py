@@ -133,7 +133,10 @@ def _scalar(text: str) -> Any:
 
 
 def apply_set(obj: dict, assignment: str) -> dict:
-    """Apply one `path.to.field=value` override to a TrainingRun's spec (paths relative to spec)."""
+    """Apply one `path.to.field=value` override to a TrainingRun's spec (paths relative to spec).
+
+    As with Helm, `=null` removes the field.
+    """
     if "=" not in assignment:
         raise api.InvalidRun([("--set", f"expected path=value, got {assignment!r}")])
     path, _, raw = assignment.partition("=")
@@ -147,7 +150,9 @@ def apply_set(obj: dict, assignment: str) -> dict:
         key, index = match.group(1), match.group(2)
         last = depth == len(segments) - 1
         if index is None:
-            if last:
+            if last and raw == "null":
+                node.pop(key, None)
+            elif last:
                 node[key] = _scalar(raw)
             else:
                 node = node.setdefault(key, {})

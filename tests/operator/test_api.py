@@ -160,3 +160,9 @@ def test_a_runs_global_batch_replaces_the_recipes_whole():
 def test_acronyms_stay_one_word_in_attribute_names():
     run = api.TrainingRun.from_object(base_run(model={"allowQLoRA": True}))
     assert run.spec.model.allow_qlora is True
+
+
+def test_set_null_removes_a_field_as_helm_does():
+    obj = apply_set(base_run(training={"epochs": 3}), "training.epochs=null")
+    obj = apply_set(obj, "training.maxSteps=7")
+    assert api.TrainingRun.from_object(obj).spec.training.max_steps == 7

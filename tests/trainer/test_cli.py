@@ -48,10 +48,19 @@ def test_invalid_set_exits_2_naming_the_field(run_file, tmp_path, capsys, assign
     assert field in capsys.readouterr().err
 
 
-def test_command_whose_module_is_absent_exits_2(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", cli.COMMANDS + ("nosuch",))
-    assert cli.main(["nosuch", "--anything"]) == EXIT_CONFIG
-    assert "'nosuch' is not installed" in capsys.readouterr().err
+def test_a_recipe_command_needs_a_known_recipe(capsys):
+    assert cli.main(["predict", "nosuch"]) == EXIT_CONFIG
+    assert "usage: helixrun-train predict {esm2-mlm,genechat," in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "recipe", "says"), [
+    ("predict", "genechat", "--fasta"), ("predict", "metagene-classification", "--output"),
+    ("sample", "structdiff", "--num"), ("prepare", "genechat", "--gene-info"), ("precompute", "ptm-mamba", "--workdir"),
+])
+def test_recipe_commands_are_reachable_from_helixrun_train(capsys, command, recipe, says):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, recipe, "--help"])
+    assert done.value.code == 0 and says in capsys.readouterr().out
 
 
 def test_exit_code_classification():

@@ -2,13 +2,14 @@
 
     helixrun-train --config /etc/helixrun/config.yaml                 # in a pod (the operator's resolved config)
     helixrun-train --local -f examples/run-esm2.yaml --workdir DIR [--tiny] [--set a.b=c ...] [--pools FILE]
-    helixrun-train <command> ...                                       # other commands: helixrun_trainer.commands.<command>
+    helixrun-train predict genechat --model CKPT/final --fasta gene.fa # a recipe's own command
+    helixrun-train sample structdiff --model CKPT/final --num 8
 
-`train` is the default command. Another command is a module
-helixrun_trainer/commands/<name>.py with `add_arguments(parser)` and
-`run(args) -> int`, listed in COMMANDS.
+`train` is the default command. The others (prepare, predict, sample, precompute)
+belong to a recipe: `helixrun-train <command> <recipe> ARGS` runs
+`python -m helixrun_trainer.recipes.<module> <command> ARGS`.
 
---tiny implies, before any --set (so --set wins): training.maxSteps=40,
+--tiny implies, before any --set (so --set wins): training.maxSteps=40 (and no epochs),
 training.logEverySteps=1, training.schedule.warmupSteps=4,
 checkpointing.everySteps=5, evaluation.everySteps=10, hardware.nodes=1,
 hardware.gpusPerNode=1, data.maxSequenceLength=min(its value, 64), and a
@@ -30,7 +31,8 @@ from helixrun_trainer.errors import EXIT_CONFIG, EXIT_PLAN, exit_code_for
 
 log = logging.getLogger("helixrun_trainer")
 
-COMMANDS = ("train", "predict", "sample")
+RECIPE_COMMANDS = ("prepare", "predict", "sample", "precompute")
+COMMANDS = ("train", *RECIPE_COMMANDS)
 
 TINY_SEQ = 64
 
@@ -44,7 +46,7 @@ def tiny_overrides(obj: dict) -> list[str]:
     seq = min((merged.get("data") or {}).get("maxSequenceLength") or TINY_SEQ, TINY_SEQ)
     batch = (merged.get("training") or {}).get("globalBatch") or {}
     sets = [
-        "training.maxSteps=40", "training.logEverySteps=1", "training.schedule.warmupSteps=4",
+        "training.epochs=null", "training.maxSteps=40", "training.logEverySteps=1", "training.schedule.warmupSteps=4",
         "checkpointing.everySteps=5", "evaluation.everySteps=10",
         "hardware.nodes=1", "hardware.gpusPerNode=1", f"data.maxSequenceLength={seq}",
     ]
@@ -112,6 +114,21 @@ def run_train(args) -> int:
     return train(cfg, tiny=args.tiny, metrics_port=port)
 
 
+def run_recipe_command(command: str, argv: list[str]) -> int:
+    """Hand `helixrun-train <command> <recipe> ...` to the recipe module's own command line."""
+    from helixrun_trainer.recipes import MODULES
+
+    if not argv or argv[0] not in MODULES:
+        print(f"usage: helixrun-train {command} {{{','.join(sorted(MODULES))}}} ...", file=sys.stderr)
+        return EXIT_CONFIG
+    module = importlib.import_module(f"helixrun_trainer.recipes.{MODULES[argv[0]]}")
+    main = getattr(module, "main", None) or getattr(importlib.import_module(f"{module.__name__}.__main__"), "main", None)
+    if main is None:
+        print(f"helixrun-train: recipe {argv[0]} has no commands", file=sys.stderr)
+        return EXIT_CONFIG
+    return main([command, *argv[1:]])
+
+
 def setup_logging() -> None:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=os.environ.get("HELIXRUN_LOG_LEVEL", "INFO"),
@@ -124,21 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in COMMANDS else "train"
     if argv and argv[0] in COMMANDS:
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog=f"helixrun-train {command}" if command != "train" else "helixrun-train")
-    if command == "train":
-        add_train_arguments(parser)
-        runner = run_train
-    else:
-        try:
-            module = importlib.import_module(f"helixrun_trainer.commands.{command}")
-        except ModuleNotFoundError:
-            print(f"helixrun-train: command {command!r} is not installed", file=sys.stderr)
-            return EXIT_CONFIG
-        module.add_arguments(parser)
-        runner = module.run
+    if command in RECIPE_COMMANDS:
+        return run_recipe_command(command, argv)
+    parser = argparse.ArgumentParser(prog="helixrun-train")
+    add_train_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return runner(args)
+        return run_train(args)
     except Exception as exc:
         code = exit_code_for(exc)
         log.exception("exiting %d: %s", code, exc)

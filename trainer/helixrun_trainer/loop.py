@@ -33,6 +33,7 @@ from helixrun_trainer.optim import build_optimizer, build_scheduler, schedule_kw
 from helixrun_trainer.precision import Precision
 from helixrun_trainer.preemption import Preemption
 from helixrun_trainer.recipes import get_recipe
+from helixrun_trainer.run_status import ApiEndpoint, RunStatusReporter
 from helixrun_trainer.state import RunState, TrainState, seed_all, set_deterministic
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class Trainer:
             port += env.local_rank
         self.prom = PrometheusExporter(run=cfg.name, namespace=cfg.namespace, rank=env.rank, port=port,
                                        cuda=env.device.type == "cuda")
+        # Rank 0 reports step, loss and the last checkpoint into the TrainingRun (kubectl get tr); no-op locally.
+        self.run_status = RunStatusReporter(ApiEndpoint.in_cluster() if env.is_main else None, cfg.namespace, cfg.name)
         self.prom.info(recipe=spec.recipe, pool=cfg.pool.name, method=self.plan.method, precision=self.precision.name)
         self.prom.set("helixrun_train_total_steps", self.total_steps)
         for name in (ev.metrics if ev and ev.metrics else []):  # NaN until the first evaluation
@@ -159,6 +162,7 @@ class Trainer:
             self.prom.set("helixrun_checkpoint_size_bytes", checkpoint_bytes(saved))
             self.prom.set("helixrun_checkpoint_last_step", saved.step)
             self.prom.set("helixrun_checkpoint_last_timestamp_seconds", saved.manifest.get("created_unix", time.time()))
+            self.run_status.checkpoint(saved.step, str(saved.path))
 
     def resume(self) -> None:
         self.checkpoints.clean_stale()
@@ -256,6 +260,7 @@ class Trainer:
                 self.prefetch.close()
             self.records.close()
             self.prom.close()
+            self.run_status.close()
 
     # -- the loop's parts ---------------------------------------------------------
 
@@ -328,6 +333,8 @@ class Trainer:
         eta = progress.eta(record["step"])
         p.set("helixrun_train_eta_seconds", 0.0 if math.isnan(eta) else eta)
         p.gpu_memory(self.env.device)
+        self.run_status.progress(record["step"], self.total_steps, record["loss"], record["tokens_per_second"],
+                                 force=record["step"] == self.total_steps)
 
     def export_final(self) -> None:
         """final/: the recipe's Hugging Face export, staged and renamed like a checkpoint."""

@@ -232,7 +232,7 @@ class PTMMambaRecipe(RecipeBase):
             raw = tiny_ptm_sequences(seed, TINY["sequences"], max_len - 2)
             records = [(uid, seq, vocab.encode(seq)) for uid, seq in raw]
             source = "tiny"
-            sizes = (int(opts.get("valSize", TINY["valSize"])), int(opts.get("testSize", TINY["testSize"])))
+            sizes = (TINY["valSize"], TINY["testSize"])  # the run's sizes are for its real data set
         else:
             path = resolve_data_path(cfg, data_dir)
             records = read_csv_sequences(path, opts.get("sequenceColumn", "ptm_seq"), opts.get("idColumn", "unique_id"),
