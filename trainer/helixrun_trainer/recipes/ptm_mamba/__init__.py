@@ -43,7 +43,6 @@ and latest.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from helixrun_trainer.errors import DataError
+from helixrun_trainer.formats.table import sequence_rows
 from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
 from helixrun_trainer.recipes.ptm_mamba import vocab
 from helixrun_trainer.recipes.ptm_mamba.model import PTMMamba, tiny_esm
@@ -72,40 +72,29 @@ TINY = {"sequences": 300, "valSize": 30, "testSize": 20}
 
 def read_csv_sequences(path: Path, column: str, id_column: str, max_residues: int, too_long: str):
     """[(unique_id, sequence, ids)] of a CSV; errors name the file and row."""
-    if not path.is_file():
-        raise DataError(f"data.path: {path} does not exist")
-    out, skipped = [], 0
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise DataError(f"{path}: empty file")
-        if column not in reader.fieldnames:
-            raise DataError(f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames)}); "
-                            f"set data.options.sequenceColumn")
-        has_id = id_column in reader.fieldnames
-        seen = set()
-        for row_number, row in enumerate(reader, 2):  # line 1 is the header
-            uid = (row.get(id_column) or "").strip() if has_id else str(row_number - 1)
-            sequence = (row.get(column) or "").strip()
-            where = f"{path}:{row_number} (id {uid!r})"
-            if not uid:
-                raise DataError(f"{where}: empty {id_column}")
-            if uid in seen:
-                raise DataError(f"{where}: duplicate {id_column}")
-            seen.add(uid)
-            if not sequence:
-                raise DataError(f"{where}: empty sequence")
-            try:
-                ids = vocab.tokenize(sequence)
-            except vocab.UnknownToken as exc:
-                raise DataError(f"{where}: {exc} (PTM-Mamba's vocabulary: 25 residues and 25 PTM tokens)") from None
-            if len(ids) > max_residues:
-                if too_long == "error":
-                    raise DataError(f"{where}: {len(ids)} residues, more than the {max_residues} allowed "
-                                    f"(data.maxSequenceLength - 2)")
-                skipped += 1
-                continue
-            out.append((uid, sequence, [vocab.CLS, *ids, vocab.EOS]))
+    out, skipped, seen = [], 0, set()
+    for row_number, row in sequence_rows(path, column):
+        uid = (row.get(id_column) or "").strip() if id_column in row else str(row_number - 1)
+        sequence = (row.get(column) or "").strip()
+        where = f"{path}:{row_number} (id {uid!r})"
+        if not uid:
+            raise DataError(f"{where}: empty {id_column}")
+        if uid in seen:
+            raise DataError(f"{where}: duplicate {id_column}")
+        seen.add(uid)
+        if not sequence:
+            raise DataError(f"{where}: empty sequence")
+        try:
+            ids = vocab.tokenize(sequence)
+        except vocab.UnknownToken as exc:
+            raise DataError(f"{where}: {exc} (PTM-Mamba's vocabulary: 25 residues and 25 PTM tokens)") from None
+        if len(ids) > max_residues:
+            if too_long == "error":
+                raise DataError(f"{where}: {len(ids)} residues, more than the {max_residues} allowed "
+                                f"(data.maxSequenceLength - 2)")
+            skipped += 1
+            continue
+        out.append((uid, sequence, [vocab.CLS, *ids, vocab.EOS]))
     if skipped:
         log.warning("%s: skipped %d sequences longer than %d residues", path, skipped, max_residues)
     if not out:

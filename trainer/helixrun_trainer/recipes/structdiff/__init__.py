@@ -29,7 +29,6 @@ decoder. Sampling: `python -m helixrun_trainer.recipes.structdiff sample
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ import torch
 from torch import nn
 
 from helixrun_trainer.errors import DataError
+from helixrun_trainer.formats.table import sequence_rows
 from helixrun_trainer.recipes.adapters import method_of
 from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
 from helixrun_trainer.recipes.structdiff.model import StructDiff
@@ -71,29 +71,20 @@ def in_eval(sequence: str, fraction: float) -> bool:
 
 
 def read_peptides(path: Path, column: str, max_len: int, on_error: str) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"data.path: {path} does not exist")
     out, skipped = [], {"too-long": 0, "invalid": 0}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise DataError(f"{path}: empty file")
-        if column not in reader.fieldnames:
-            raise DataError(f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames)}); "
-                            f"set data.options.sequenceColumn")
-        for row_number, row in enumerate(reader, 2):
-            seq = (row.get(column) or "").strip().upper()
-            bad = sorted(set(seq) - set(STANDARD))
-            if not seq or bad:
-                if on_error == "skip":
-                    skipped["invalid"] += 1
-                    continue
-                what = "empty sequence" if not seq else f"non-standard residues {''.join(bad)!r}"
-                raise DataError(f"{path}:{row_number}: {what} (StructDiff takes the 20 standard residues)")
-            if len(seq) > max_len:
-                skipped["too-long"] += 1
+    for row_number, row in sequence_rows(path, column):
+        seq = (row.get(column) or "").strip().upper()
+        bad = sorted(set(seq) - set(STANDARD))
+        if not seq or bad:
+            if on_error == "skip":
+                skipped["invalid"] += 1
                 continue
-            out.append(seq)
+            what = "empty sequence" if not seq else f"non-standard residues {''.join(bad)!r}"
+            raise DataError(f"{path}:{row_number}: {what} (StructDiff takes the 20 standard residues)")
+        if len(seq) > max_len:
+            skipped["too-long"] += 1
+            continue
+        out.append(seq)
     if any(skipped.values()):
         log.warning("%s: skipped %d too long (> %d) and %d invalid peptides", path, skipped["too-long"], max_len,
                     skipped["invalid"])
