@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # Tests build tiny models and never download: fail fast instead of retrying a hub that cannot be reached.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-PROCESS_TIMEOUT = 400  # a hung trainer fails the test instead of hanging CI; not a performance threshold
 
 # Minimal runs: production names (never loaded with --tiny), settings that make 12 tiny steps learn something.
 RUNS = {
@@ -94,59 +89,6 @@ def tiny_config(recipe: str, workdir: Path, *sets: str):
         obj = resolve.apply_set(obj, assignment)
     run = api.TrainingRun.from_object(obj)
     return resolve.resolve(run, pools.load_pools(None), resolve.local_paths(workdir))
-
-
-def env_for_trainer(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HELIXRUN_TEST_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
-    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-    env.update(extra)
-    return env
-
-
-def train_cmd(run_file: Path, workdir: Path, *sets: str) -> list[str]:
-    cmd = [sys.executable, "-m", "helixrun_trainer.cli", "--local", "-f", str(run_file), "--workdir", str(workdir),
-           "--tiny", "--metrics-port", "0"]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
-
-
-class TrainerProcess:
-    def __init__(self, cmd: list[str], workdir: Path, pause: str | None = None, log_name: str = "trainer.log"):
-        workdir.mkdir(parents=True, exist_ok=True)
-        ckpts = workdir / "checkpoints"
-        for marker in ckpts.glob("PAUSED-*") if ckpts.is_dir() else []:
-            marker.unlink()
-        self.workdir, self.log_path = workdir, workdir / log_name
-        extra = {"HELIXRUN_TEST_PAUSE": pause} if pause else {}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
-                                     env=env_for_trainer(**extra), cwd=REPO, start_new_session=True)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait(self) -> int:
-        try:
-            return self.proc.wait(timeout=PROCESS_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError(f"trainer did not exit:\n{self.log[-3000:]}")
-
-    def wait_paused(self, step: int, phase: str = "after-step") -> None:
-        marker = self.workdir / "checkpoints" / f"PAUSED-{step}-{phase}-r0"
-        deadline = time.monotonic() + PROCESS_TIMEOUT
-        while not marker.exists():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"trainer exited {self.proc.returncode} before pausing:\n{self.log[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"trainer never paused at step {step}:\n{self.log[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=60)
 
 
 def metrics(workdir: Path) -> list[dict]:

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from tests.recipes.conftest import REPO, TrainerProcess, env_for_trainer, final_weights, metrics, train_cmd
+from tests.recipes.conftest import REPO, final_weights, metrics
+from tests.trainer.harness import start_trainer, train_command, trainer_env
 
 STEPS = 12  # tiny runs here: 12 steps, a checkpoint every 5, evaluation at 10 and 12
 SETS = (f"training.maxSteps={STEPS}",)
@@ -45,7 +46,7 @@ def reference_runs(tmp_path_factory):
         workdir = tmp_path_factory.mktemp(recipe)
         run_file = workdir / "run.yaml"
         run_file.write_text(run_yaml(recipe))
-        t = TrainerProcess(train_cmd(run_file, workdir, *SETS, *EXTRA_SETS[recipe]), workdir)
+        t = start_trainer(train_command(run_file, workdir, *SETS, *EXTRA_SETS[recipe]), workdir)
         code = t.wait()
         assert code == 0, f"{recipe}: tiny run failed ({code}):\n{t.log[-4000:]}"
         out[recipe] = (run_file, workdir)
@@ -75,11 +76,11 @@ def test_tiny_run_trains_checkpoints_and_evaluates(recipe, reference_runs):
 @pytest.mark.parametrize("recipe", sorted(EVAL_KEYS))
 def test_killed_tiny_run_resumes_bitwise_exact(recipe, reference_runs, tmp_path):
     run_file, reference = reference_runs[recipe]
-    cmd = train_cmd(run_file, tmp_path, *SETS, *EXTRA_SETS[recipe])
-    t = TrainerProcess(cmd, tmp_path, pause="7:after-step")
-    t.wait_paused(7)
+    cmd = train_command(run_file, tmp_path, *SETS, *EXTRA_SETS[recipe])
+    t = start_trainer(cmd, tmp_path, pause="7:after-step")
+    t.wait_paused(7, "after-step")
     t.kill()  # the last checkpoint is step 5: steps 6-7 are lost and must be replayed identically
-    t = TrainerProcess(cmd, tmp_path, log_name="resumed.log")
+    t = start_trainer(cmd, tmp_path, log_name="resumed.log")
     assert t.wait() == 0, f"{recipe}: resumed run failed:\n{t.log[-4000:]}"
     assert "resumed from" in t.log, f"{recipe}: the second process did not resume:\n{t.log[-2000:]}"
     want = {r["step"]: r["loss"] for r in metrics(reference)}
@@ -101,7 +102,7 @@ def test_structdiff_checkpoint_carries_ema_and_sample_writes_peptides(reference_
     out = tmp_path / "peptides.fasta"
     proc = subprocess.run([sys.executable, "-m", "helixrun_trainer.recipes.structdiff", "sample", "--model",
                            str(workdir / "checkpoints" / "final"), "--num", "3", "--length", "9", "--output", str(out)],
-                          cwd=REPO, env=env_for_trainer(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     peptides = [line for line in out.read_text().splitlines() if not line.startswith(">")]
     assert len(peptides) == 3 and all(len(p) == 9 and set(p) <= set("ACDEFGHIKLMNPQRSTVWY") for p in peptides), peptides
@@ -115,7 +116,7 @@ def test_metagene_predict_writes_predictions_csv(reference_runs, tmp_path):
     out = tmp_path / "predictions.csv"
     proc = subprocess.run([sys.executable, "-m", "helixrun_trainer.recipes.metagene_classification", "predict",
                            "--model", str(workdir / "checkpoints" / "final"), "--input", str(reads), "--output", str(out)],
-                          cwd=REPO, env=env_for_trainer(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     assert [r["id"] for r in rows] == ["r1", "r2", "r3"]
@@ -131,7 +132,7 @@ def test_genechat_predict_describes_a_fasta_gene(reference_runs, tmp_path):
     gene.write_text(">7157\n" + "ATGAAACGC" * 20 + "\n")
     proc = subprocess.run([sys.executable, "-m", "helixrun_trainer.recipes.genechat", "predict", "--model",
                            str(workdir / "checkpoints" / "final"), "--fasta", str(gene), "--beams", "2",
-                           "--max-new-tokens", "8"], cwd=REPO, env=env_for_trainer(), capture_output=True, text=True,
+                           "--max-new-tokens", "8"], cwd=REPO, env=trainer_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gene_id, _, text = proc.stdout.strip().partition("\t")

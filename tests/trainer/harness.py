@@ -30,7 +30,7 @@ spec:
 """
 
 # Generous: a hung trainer fails the test instead of hanging CI; never a performance threshold.
-PROCESS_TIMEOUT = 300
+PROCESS_TIMEOUT = 400
 
 
 def make_run_file(tmp_path_factory) -> Path:
