@@ -25,6 +25,7 @@ from tests.cluster.controlplane import (
     POOL_LABEL,
     ClusterError,
     ControlPlane,
+    bin_dir_for_build,
     exit_code_stage,
     node_manifests,
     pytorchjob,
@@ -257,12 +258,16 @@ def _state(pid):
     return data[data.rindex(")") + 2 :].split()[0]
 
 
+@pytest.fixture(scope="module")
+def local_bin_dir() -> str:
+    """The harness's own binaries: these tests start and stop ControlPlanes of their own, whatever the session runs on."""
+    return bin_dir_for_build()
+
+
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_stop_leaves_no_process(cluster, tmp_path):
-    if not isinstance(cluster, ControlPlane):
-        pytest.skip("local control plane only")
-    cp = ControlPlane(state_dir=tmp_path / "cp", bin_dir=cluster.bin_dir, keep_state=True).start()
+def test_stop_leaves_no_process(cluster, local_bin_dir, tmp_path):
+    cp = ControlPlane(state_dir=tmp_path / "cp", bin_dir=local_bin_dir, keep_state=True).start()
     pids = list(cp.pids().values())
     assert len(pids) == 6 and all(cp.alive().values())
     cp.kubectl("get", "nodes")
@@ -274,13 +279,11 @@ def test_stop_leaves_no_process(cluster, tmp_path):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_failed_startup_cleans_up(cluster, tmp_path):
-    if not isinstance(cluster, ControlPlane):
-        pytest.skip("local control plane only")
+def test_failed_startup_cleans_up(local_bin_dir, tmp_path):
     bins = tmp_path / "bin"
     bins.mkdir()
-    for f in os.listdir(cluster.bin_dir):
-        os.symlink(os.path.join(cluster.bin_dir, f), bins / f)
+    for f in os.listdir(local_bin_dir):
+        os.symlink(os.path.join(local_bin_dir, f), bins / f)
     (bins / "kube-controller-manager").unlink()
     # A component that leaves a child behind in its process group, then dies.
     pidfile = tmp_path / "orphan.pid"
@@ -303,15 +306,13 @@ def test_failed_startup_cleans_up(cluster, tmp_path):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_children_die_with_a_killed_owner(cluster, tmp_path):
+def test_children_die_with_a_killed_owner(local_bin_dir, tmp_path):
     """A pytest process killed by SIGKILL (CI timeout) leaves no control plane behind."""
-    if not isinstance(cluster, ControlPlane):
-        pytest.skip("local control plane only")
     state = tmp_path / "cp"
     code = (
         "import sys, time\n"
         "from tests.cluster.controlplane import ControlPlane\n"
-        f"cp = ControlPlane(state_dir={str(state)!r}, bin_dir={cluster.bin_dir!r}, die_with_parent=True).start()\n"
+        f"cp = ControlPlane(state_dir={str(state)!r}, bin_dir={local_bin_dir!r}, die_with_parent=True).start()\n"
         "print('UP', flush=True)\n"
         "time.sleep(600)\n"
     )
