@@ -10,7 +10,7 @@ resumed run reads identical ids.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 # METAGENE-1: pad 0, unk 1, sep 2, bos 3, eos 4, mask 5; vocab 1024.
 METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
@@ -19,26 +19,36 @@ DNABERT2_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 NUCLEOTIDES = "ACGTN"
 
 
+def cached_tokenizer(cache: Path | None, train: Callable[[], "Tokenizer"]) -> "Tokenizer":  # noqa: F821
+    """`cache`/tokenizer.json when it exists, else `train()` saved there atomically: a resumed run reads the same ids."""
+    from tokenizers import Tokenizer
+
+    path = Path(cache) / "tokenizer.json" if cache else None
+    if path is not None and path.exists():
+        return Tokenizer.from_file(str(path))
+    tok = train()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+    return tok
+
+
 def build_bpe(sequences: Iterable[str], vocab_size: int, specials: tuple[str, ...], cache: Path | None = None,
               **special_roles):
     """A PreTrainedTokenizerFast trained on `sequences` (or loaded from `cache`/tokenizer.json)."""
     from tokenizers import Tokenizer, models, trainers
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(cache) / "tokenizer.json" if cache else None
-    if path is not None and path.exists():
-        tok = Tokenizer.from_file(str(path))
-    else:
+    def train() -> Tokenizer:
         tok = Tokenizer(models.BPE(unk_token=special_roles.get("unk_token", "[UNK]")))
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
                                       initial_alphabet=list(NUCLEOTIDES), show_progress=False)
         tok.train_from_iterator(sequences, trainer=trainer)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(path)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_roles)
+        return tok
+
+    return PreTrainedTokenizerFast(tokenizer_object=cached_tokenizer(cache, train), **special_roles)
 
 
 def metagene_tokenizer(sequences: Iterable[str], cache: Path | None = None, vocab_size: int = 1024):

@@ -51,6 +51,7 @@ from torch import nn
 from helixrun_trainer.errors import DataError
 from helixrun_trainer.recipes.adapters import add_lora, base_load_kwargs, method_of
 from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
+from helixrun_trainer.recipes.dna_tokenizer import cached_tokenizer
 from helixrun_trainer.recipes.genechat.model import GeneChat
 
 log = logging.getLogger(__name__)
@@ -229,20 +230,15 @@ def tiny_text_tokenizer(texts: list[str], cache: Path | None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(cache) / "tokenizer.json" if cache else None
-    if path is not None and path.exists():
-        tok = Tokenizer.from_file(str(path))
-    else:
+    def train() -> Tokenizer:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(path)
+        return tok
+
+    tok = cached_tokenizer(cache, train)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="</s>")
 
