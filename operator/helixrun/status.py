@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from helixrun.planner import Plan
+from helixrun.planner.timing import format_duration
 
 # Condition types the operator maintains, each explaining one kind of transition.
 PLAN_FITS = "PlanFits"
@@ -44,15 +45,6 @@ def set_condition(
     return out
 
 
-def human_duration(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    minutes, _ = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours}h" if days else f"{hours}h{minutes:02d}m"
-
-
 def plan_summary(plan: Plan) -> dict:
     summary = {
         "fits": plan.fits,
@@ -69,7 +61,7 @@ def plan_summary(plan: Plan) -> dict:
     if plan.memory is not None:
         summary["memoryGiB"] = round(plan.memory.total, 2)
     if plan.total_seconds is not None:
-        summary["eta"] = human_duration(plan.total_seconds)
+        summary["eta"] = format_duration(plan.total_seconds)
     if plan.cost_usd is not None:
         summary["costUSD"] = round(plan.cost_usd, 2)
     return summary

@@ -71,17 +71,6 @@ def update_run_status(namespace: str, name: str, compute, attempts: int = 5) -> 
     raise RuntimeError(f"status of {namespace}/{name} kept changing under {attempts} attempts")
 
 
-def get_job(backend, namespace: str, name: str) -> dict | None:
-    try:
-        return client.CustomObjectsApi().get_namespaced_custom_object(
-            backend.group, backend.version, namespace, backend.plural, name
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def patch_job(backend, namespace: str, name: str, patch: dict) -> None:
     client.CustomObjectsApi().patch_namespaced_custom_object(
         backend.group, backend.version, namespace, backend.plural, name, patch
