@@ -112,7 +112,9 @@ def test_a_permanent_exit_code_fails_the_run_with_the_reason(cluster, operator, 
     name = obj["metadata"]["name"]
     (pod,) = running_pods(cluster, name, namespace, 1)
     cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, f"{EXIT_CODE_ANNOTATION}=2")
-    status = wait_for("Failed", lambda: (s := run_status(cluster, name, namespace)).get("phase") == "Failed" and s)
+    # The job's Failed condition and the pod's exit arrive as separate events: wait for both to be explained.
+    status = wait_for("Failed with the pod's reason", lambda: (s := run_status(cluster, name, namespace))
+                      .get("phase") == "Failed" and "exited with code" in s.get("message", "") and s)
     assert "exited with code 2 (permanent)" in status["message"]
 
 
