@@ -193,10 +193,7 @@ def pod_changed(type, body, namespace, logger, **_) -> None:
     if pending:
         _set_scheduled(namespace, run_name, False, "Unschedulable", pending)
         return
-    job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
-    if (body.get("status") or {}).get("phase") == "Running" and not any(
-        unschedulable_message(p) for p in _pod_dicts(namespace, job)
-    ):  # one placed pod says nothing about its peers: the gang is placed when none waits
+    if (body.get("status") or {}).get("phase") == "Running":
         _set_scheduled(namespace, run_name, True, "Scheduled", "every pod is placed")
     ended = termination(body)
     if ended is None or body["metadata"].get("annotations", {}).get(RESTART_COUNTED):
@@ -204,6 +201,7 @@ def pod_changed(type, body, namespace, logger, **_) -> None:
     if not kube.annotate_pod(namespace, ended.pod, {RESTART_COUNTED: str(ended.exit_code)}):
         return  # already gone: the event that counted it came first
     if ended.retryable:
+        job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
         peers = peers_to_restart(_pod_dicts(namespace, job), ended.pod)
         for peer in peers:
             kube.delete_pod(namespace, peer)
