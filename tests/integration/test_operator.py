@@ -75,8 +75,7 @@ def test_examples_create_children_and_run_on_their_pool(cluster, operator, names
 def test_a_run_asking_for_more_gpus_than_the_pool_has_stays_pending_and_says_why(cluster, operator, namespace):
     obj = launch(cluster, namespace, "run-esm2.yaml", hardware={"pool": "a800", "nodes": 3, "gpusPerNode": 8})
     name = obj["metadata"]["name"]
-    status = wait_for("the scheduler's explanation", lambda: (s := run_status(cluster, name, namespace))
-                      .get("conditions") and any(c["type"] == "Scheduled" for c in s["conditions"]) and s)
+    status = wait_for("an explanation", lambda: (s := run_status(cluster, name, namespace)).get("message") and s)
     assert "nvidia.com/gpu" in status["message"]
     assert status["phase"] == "Pending"
     scheduled = [c for c in status["conditions"] if c["type"] == "Scheduled"]
