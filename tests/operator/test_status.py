@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from helixrun import status
 from helixrun.backends.pytorchjob import PyTorchJobBackend
-from helixrun.controller.pods import peers_to_restart, termination, unschedulable_message
+from helixrun.controller.pods import gang_placement, peers_to_restart, termination, unschedulable_message
 
 
 def test_condition_transition_time_moves_only_when_status_flips():
@@ -54,7 +54,7 @@ def test_job_phase_follows_the_newest_true_condition():
 
 
 def pod(name, phase="Running", code=None, scheduled=True, deleting=False):
-    body = {"metadata": {"name": name}, "status": {"phase": phase}}
+    body = {"metadata": {"name": name}, "spec": {"nodeName": "a800-0"} if scheduled else {}, "status": {"phase": phase}}
     if code is not None:
         body["status"]["containerStatuses"] = [{"name": "pytorch", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": "NCCL timeout"}}}]
     if not scheduled:
@@ -79,6 +79,20 @@ def test_a_failed_rank_restarts_its_live_peers_only():
 def test_unschedulable_pods_explain_why():
     assert "Insufficient nvidia.com/gpu" in unschedulable_message(pod("m", "Pending", scheduled=False))
     assert unschedulable_message(pod("m")) is None
+
+
+def test_a_gang_is_placed_only_when_no_pod_waits_for_a_node():
+    waiting = pod("j-worker-1", "Pending", scheduled=False)
+    # The waiting rank's reason holds however many of its peers already run, in any order.
+    for gang in ([pod("j-master-0"), waiting], [waiting, pod("j-master-0"), pod("j-worker-0")]):
+        placed, message = gang_placement(gang)
+        assert not placed and "Insufficient nvidia.com/gpu" in message
+    assert gang_placement([pod("j-master-0"), pod("j-worker-0")]) == (True, "every pod of the job is placed")
+    # A pod being deleted in a gang restart no longer blocks; a pod not yet considered decides nothing.
+    assert gang_placement([pod("j-master-0"), pod("j-worker-1", "Pending", scheduled=False, deleting=True)])[0]
+    fresh = {"metadata": {"name": "j-worker-0"}, "status": {"phase": "Pending"}}
+    assert gang_placement([pod("j-master-0"), fresh]) is None
+    assert gang_placement([]) is None
 
 
 def test_conditions_in_the_same_second_resolve_to_the_later_stage():

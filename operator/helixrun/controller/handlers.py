@@ -14,7 +14,7 @@ from helixrun import api
 from helixrun import status as st
 from helixrun.backends.pytorchjob import PyTorchJobBackend
 from helixrun.controller import kube
-from helixrun.controller.pods import RESTART_COUNTED, peers_to_restart, termination, unschedulable_message
+from helixrun.controller.pods import RESTART_COUNTED, gang_placement, peers_to_restart, termination
 from helixrun.pools import load_pools
 from helixrun.render import KUEUE_QUEUE_LABEL, RUN_LABEL, PlanRefused, RenderSettings, job_name, render_run
 from helixrun.resolve import resolve
@@ -76,37 +76,37 @@ def _run_object(name: str, namespace: str, uid: str, labels, spec) -> dict:
 @kopf.on.resume(*RUNS)
 @kopf.on.create(*RUNS)
 @operator_metrics.instrumented("reconcile")
-def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, logger, **_) -> None:
+def reconcile(body, name, namespace, uid, labels, spec, memo, **_) -> None:
     """Create the run's children once; safe to repeat (operator restarts, re-delivered events)."""
-    conditions = status.get("conditions")
     now = st.now_iso()
     try:
         run = api.TrainingRun.from_object(_run_object(name, namespace, uid, labels, spec))
         resolved = resolve(run, memo.pools)
         children = render_run(resolved, memo.render_settings)
     except api.InvalidRun as exc:
-        _refuse(body, patch, conditions, "InvalidRun", str(exc), now)
+        _refuse(body, "InvalidRun", str(exc), now)
         return
     except PlanRefused as exc:
         operator_metrics.plan_refused(resolved.pool.name)
-        patch.status["plan"] = st.plan_summary(resolved.plan)
-        _refuse(body, patch, conditions, "PlanRefused", str(exc), now)
+        _refuse(body, "PlanRefused", str(exc), now, plan=st.plan_summary(resolved.plan))
         return
     created = [f"{obj['kind']}/{obj['metadata']['name']}" for obj in children if kube.create_if_absent(obj)]
-    plan = resolved.plan
-    conditions = st.set_condition(conditions, st.PLAN_FITS, True, "PlanFits", _plan_line(resolved), now)
-    conditions = st.set_condition(conditions, st.JOB_CREATED, True, "JobCreated", f"PyTorchJob {job_name(name)}", now)
-    patch.status.update(
-        {
-            "plan": st.plan_summary(plan),
+
+    def planned(current: dict) -> dict:
+        conditions = st.set_condition(current.get("conditions"), st.PLAN_FITS, True, "PlanFits", _plan_line(resolved), now)
+        conditions = st.set_condition(conditions, st.JOB_CREATED, True, "JobCreated", f"PyTorchJob {job_name(name)}", now)
+        update = {
+            "plan": st.plan_summary(resolved.plan),
             "gpus": resolved.plan.world_size,
             "jobName": job_name(name),
             "conditions": conditions,
             "observedGeneration": body["metadata"].get("generation"),
         }
-    )
-    if not status.get("phase"):
-        patch.status["phase"] = "Pending"
+        if not current.get("phase"):
+            update["phase"] = "Pending"
+        return update
+
+    _update_status(namespace, name, planned)
     if created:
         kopf.info(body, reason="Created", message=f"created {', '.join(created)}; {_plan_line(resolved)}")
 
@@ -122,33 +122,44 @@ def _plan_line(resolved) -> str:
     return line
 
 
-def _refuse(body, patch, conditions, reason: str, message: str, now: str) -> None:
-    patch.status.update(
-        {
+def _refuse(body, reason: str, message: str, now: str, **extra) -> None:
+    def refused(current: dict) -> dict:
+        return {
             "phase": "Failed",
             "message": message,
-            "conditions": st.set_condition(conditions, st.PLAN_FITS, False, reason, message, now),
+            "conditions": st.set_condition(current.get("conditions"), st.PLAN_FITS, False, reason, message, now),
             "observedGeneration": body["metadata"].get("generation"),
+            **extra,
         }
-    )
+
+    _update_status(body["metadata"]["namespace"], body["metadata"]["name"], refused)
     kopf.warn(body, reason=reason, message=message)
+
+
+def _update_status(namespace: str, name: str, compute) -> dict | None:
+    """Every status write reads the run afresh and merges into it under a resourceVersion precondition.
+
+    Handlers for the run, its job and its pods explain the same status concurrently; kopf's own
+    patch would write conditions computed from the status as the handler first saw it, silently
+    dropping what another handler wrote meanwhile.
+    """
+    return kube.update_run_status(namespace, name, lambda run: compute(run.get("status") or {}))
 
 
 @kopf.on.update(*RUNS, field="spec")
 @operator_metrics.instrumented("spec_changed")
-def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, patch, memo, logger, **_) -> None:
+def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, memo, **_) -> None:
     """Apply the fields a live run may change; refuse the rest with a condition."""
     if not status.get("jobName"):  # nothing runs yet (refused plan or invalid run): plan again
-        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec,
-                  status=status, patch=patch, memo=memo, logger=logger)
+        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec, memo=memo)
         return
     now = st.now_iso()
     refused = st.refused_changes(old or {}, new or {})
     message = f"fixed after creation, ignored: {', '.join(refused)}" if refused else "all changes applied"
-    patch.status["conditions"] = st.set_condition(
-        status.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused), "ImmutableFields" if refused else "Applied",
+    _update_status(namespace, name, lambda current: {"conditions": st.set_condition(
+        current.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused), "ImmutableFields" if refused else "Applied",
         message, now,
-    )
+    )})
     if refused:
         kopf.warn(body, reason="SpecChangeRefused", message=message)
     backend = PyTorchJobBackend()
@@ -168,15 +179,14 @@ def job_changed(type, body, namespace, logger, **_) -> None:
         return
     state = PyTorchJobBackend().job_state(body)
 
-    def mirror(run: dict) -> dict | None:
-        current = run.get("status") or {}
+    def mirror(current: dict) -> dict | None:
         if current.get("phase") == state.phase:
             return None
         running = state.phase in ("Running", "Succeeded")
         conditions = st.set_condition(current.get("conditions"), st.READY, running, state.reason, state.message, st.now_iso())
         return {"phase": state.phase, "conditions": conditions, "message": st.explain(state.phase, conditions)}
 
-    run = kube.update_run_status(namespace, body["metadata"]["labels"][RUN_LABEL], mirror)
+    run = _update_status(namespace, body["metadata"]["labels"][RUN_LABEL], mirror)
     if run is not None:
         event = kopf.warn if state.phase in ("Failed", "Restarting") else kopf.info
         event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
@@ -189,25 +199,22 @@ def pod_changed(type, body, namespace, logger, **_) -> None:
     if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
         return  # a pod being deleted (by us, for a gang restart) is no new failure
     run_name = body["metadata"]["labels"][RUN_LABEL]
-    pending = unschedulable_message(body)
-    if pending:
-        _set_scheduled(namespace, run_name, False, "Unschedulable", pending)
-        return
-    if (body.get("status") or {}).get("phase") == "Running":
-        _set_scheduled(namespace, run_name, True, "Scheduled", "every pod is placed")
+    job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
+    gang = kube.pods_of_job(namespace, job)
+    placement = gang_placement(gang)
+    if placement is not None:
+        _set_scheduled(namespace, run_name, *placement)
     ended = termination(body)
     if ended is None or body["metadata"].get("annotations", {}).get(RESTART_COUNTED):
         return
     if not kube.annotate_pod(namespace, ended.pod, {RESTART_COUNTED: str(ended.exit_code)}):
         return  # already gone: the event that counted it came first
     if ended.retryable:
-        job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
-        peers = peers_to_restart(_pod_dicts(namespace, job), ended.pod)
+        peers = peers_to_restart(gang, ended.pod)
         for peer in peers:
             kube.delete_pod(namespace, peer)
 
-    def record(run: dict) -> dict:
-        current = run.get("status") or {}
+    def record(current: dict) -> dict:
         reason = "RetryableExit" if ended.retryable else "PermanentExit"
         conditions = st.set_condition(current.get("conditions"), st.TRAINER_EXITED, True, reason, ended.describe(), st.now_iso())
         update = {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
@@ -215,27 +222,21 @@ def pod_changed(type, body, namespace, logger, **_) -> None:
             update["restarts"] = int(current.get("restarts") or 0) + 1
         return update
 
-    run = kube.update_run_status(namespace, run_name, record)
+    run = _update_status(namespace, run_name, record)
     if run is None:
         return
     if not ended.retryable:
         kopf.warn(run, reason="PermanentFailure", message=ended.describe())
         return
     operator_metrics.restart_observed(namespace, run_name)
-    gang = f"; restarting the gang ({', '.join(peers)})" if peers else ""
-    kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{gang}")
+    restarting = f"; restarting the gang ({', '.join(peers)})" if peers else ""
+    kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{restarting}")
 
 
-def _pod_dicts(namespace: str, job: str) -> list[dict]:
-    from kubernetes import client
+def _set_scheduled(namespace: str, run_name: str, scheduled: bool, message: str) -> None:
+    reason = "Scheduled" if scheduled else "Unschedulable"
 
-    serialize = client.ApiClient().sanitize_for_serialization
-    return [serialize(p) for p in kube.pods_of_job(namespace, job)]
-
-
-def _set_scheduled(namespace: str, run_name: str, scheduled: bool, reason: str, message: str) -> None:
-    def place(run: dict) -> dict | None:
-        current = run.get("status") or {}
+    def place(current: dict) -> dict | None:
         previous = next((c for c in current.get("conditions") or [] if c["type"] == st.SCHEDULED), None)
         if previous is None and scheduled:
             return None  # nothing was ever wrong
@@ -244,6 +245,6 @@ def _set_scheduled(namespace: str, run_name: str, scheduled: bool, reason: str, 
         conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso())
         return {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
 
-    run = kube.update_run_status(namespace, run_name, place)
+    run = _update_status(namespace, run_name, place)
     if run is not None and not scheduled:
         kopf.warn(run, reason=reason, message=message)

@@ -77,9 +77,11 @@ def patch_job(backend, namespace: str, name: str, patch: dict) -> None:
     )
 
 
-def pods_of_job(namespace: str, job_name: str) -> list:
+def pods_of_job(namespace: str, job_name: str) -> list[dict]:
+    """The job's pods as plain dicts, the shape kopf hands the handlers."""
     selector = f"training.kubeflow.org/job-name={job_name}"
-    return client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items
+    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items
+    return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
 
 
 def delete_pod(namespace: str, name: str) -> None:

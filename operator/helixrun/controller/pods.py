@@ -52,6 +52,22 @@ def unschedulable_message(pod: dict) -> str | None:
     return None
 
 
+def gang_placement(pods: list[dict]) -> tuple[bool, str] | None:
+    """Whether the whole gang is placed: False with the scheduler's reason while any pod waits.
+
+    Judged over every pod of the job, never one pod's event: a peer that runs says nothing
+    about the rank still waiting for a node. None while pods exist that are neither.
+    """
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    for pod in live:
+        message = unschedulable_message(pod)
+        if message:
+            return False, message
+    if live and all((p.get("spec") or {}).get("nodeName") for p in live):
+        return True, "every pod of the job is placed"
+    return None
+
+
 def peers_to_restart(pods: list[dict], failed: str) -> list[str]:
     """Healthy ranks of a gang whose member failed: they are deleted so every rank resumes together."""
     return sorted(
