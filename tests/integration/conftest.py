@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.controlplane import free_ports, wait_until
 
@@ -29,8 +30,8 @@ class Operator:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Operator":
-        port, metrics_port = free_ports(2)
-        env = {"HELIXRUN_OPERATOR_METRICS_PORT": str(metrics_port)} | self.cluster.env()
+        port, self.metrics_port = free_ports(2)
+        env = {"HELIXRUN_OPERATOR_METRICS_PORT": str(self.metrics_port)} | self.cluster.env()
         env |= {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -49,6 +50,17 @@ class Operator:
 
         wait_until("operator liveness", healthy, timeout=120, alive=alive)
         return self
+
+    def handled(self, handler: str) -> int:
+        """How many calls of one handler have finished, from the operator's own /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            int(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "helixrun_operator_reconcile_duration_seconds_count" and sample.labels["handler"] == handler
+        )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
