@@ -63,6 +63,19 @@ def test_best_tie_keeps_the_first_step_that_reached_it():
     assert to_keep(cks, keep_last=1, best_metric="f1", best_mode="max") == {5, 20}
 
 
+def test_nan_best_metric_does_not_compete_for_best():
+    cks = [info(5, eval_loss=float("nan")), info(10, eval_loss=2.0), info(15, eval_loss=1.0), info(20)]
+    assert to_keep(cks, keep_last=1, best_metric="eval_loss", best_mode="min") == {15, 20}
+    assert to_keep(cks, keep_last=1, best_metric="eval_loss", best_mode="max") == {10, 20}
+
+
+def test_commits_go_on_after_a_nan_evaluation(tmp_path):
+    m = manager(tmp_path, keep_last=1, best_metric="eval_loss", best_mode="min")
+    for step, loss in ((1, float("nan")), (2, 3.0), (3, 1.0), (4, 2.0)):
+        save(m, step, {"eval_loss": loss})
+    assert steps(tmp_path) == [3, 4]
+
+
 def test_archive_every_k_is_kept_forever():
     cks = [info(s) for s in range(5, 55, 5)]
     assert to_keep(cks, keep_last=1, archive_every=20) == {20, 40, 50}
@@ -88,6 +101,41 @@ def test_retention_never_deletes_newest_complete_while_a_newer_one_is_in_flight(
     m.apply_retention()
     assert steps(tmp_path) == [5]
     assert newest_valid(tmp_path).step == 5
+
+
+def flip_a_byte(checkpoint) -> None:
+    shared = checkpoint / "shared.pt"
+    data = bytearray(shared.read_bytes())
+    data[100] ^= 0x01
+    shared.write_bytes(bytes(data))
+
+
+def test_retention_keeps_the_save_just_made_even_when_a_newer_folder_outranks_it(tmp_path):
+    save(manager(tmp_path), 20)  # e.g. copied in from elsewhere; this manager never loaded it
+    m = manager(tmp_path, keep_last=1)
+    save(m, 5)
+    assert 5 in steps(tmp_path)
+    save(m, 6)
+    assert steps(tmp_path) == [6, 20]
+
+
+def test_resume_sets_aside_damaged_newer_checkpoints_and_new_saves_survive(tmp_path, caplog):
+    m = manager(tmp_path, keep_last=1)
+    save(m, 4)
+    first = manager(tmp_path, keep_last=5)
+    save(first, 10)
+    save(first, 20)
+    flip_a_byte(tmp_path / "step-00000010")
+    flip_a_byte(tmp_path / "step-00000020")
+    restarted = manager(tmp_path, keep_last=1)
+    with caplog.at_level("WARNING"):
+        assert restarted.find_resume().step == 4
+    assert "step-00000020" in caplog.text and "step-00000020.corrupt" in caplog.text
+    assert (tmp_path / "step-00000010.corrupt").is_dir() and (tmp_path / "step-00000020.corrupt").is_dir()
+    save(restarted, 5)
+    save(restarted, 6)
+    assert steps(tmp_path) == [6]
+    assert newest_valid(tmp_path).step == 6
 
 
 def test_incomplete_folders_are_ignored_and_cleaned_at_start(tmp_path):

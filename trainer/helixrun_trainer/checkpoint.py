@@ -17,8 +17,10 @@ Save protocol: rank 0 creates step-N.tmp; barrier; every rank writes its part to
 checksums); barrier; rank 0 checks every rank's .done, writes manifest.json and
 COMPLETE (tmp + fsync + rename), renames step-N.tmp -> step-N and fsyncs the
 folder. The rename is the commit. Retention runs only after a commit, on
-complete checkpoints, and always keeps the newest one; a folder is renamed to
-`.deleting` before it is removed, so a half-deleted folder never looks complete.
+complete checkpoints, and always keeps the newest one and the one just saved; a folder is
+renamed to `.deleting` before it is removed, so a half-deleted folder never looks complete.
+On resume, committed checkpoints newer than the one loaded failed verification: they are
+renamed to `.corrupt` (with a warning), never deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -210,7 +213,8 @@ def to_keep(checkpoints: list[CheckpointInfo], *, keep_last: int, best_metric: s
     if archive_every:
         keep |= {s for s in steps if s % archive_every == 0}
     if best_metric:
-        scored = [c for c in checkpoints if isinstance(c.metrics.get(best_metric), (int, float))]
+        # Only finite values compete: a NaN compares false with everything and would match no step.
+        scored = [c for c in checkpoints if _is_finite_number(c.metrics.get(best_metric))]
         if scored:
             values = [c.metrics[best_metric] for c in scored]
             best_value = min(values) if best_mode == "min" else max(values)
@@ -220,10 +224,24 @@ def to_keep(checkpoints: list[CheckpointInfo], *, keep_last: int, best_metric: s
     return keep
 
 
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def remove_checkpoint(path: Path) -> None:
     doomed = path.with_name(path.name + ".deleting")
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.corrupt` (numbered if taken); readers and retention skip it."""
+    aside, n = path.with_name(path.name + ".corrupt"), 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{n}")
+    os.replace(path, aside)
+    return aside
 
 
 # -- the manager -------------------------------------------------------------
@@ -256,6 +274,7 @@ class CheckpointManager:
     def find_resume(self, resume_from: str | None = None) -> CheckpointInfo | None:
         """Newest valid checkpoint of this run; else spec.resumeFrom (a checkpoint folder or a run's folder)."""
         found = newest_valid(self.root, self.checksums_on_load)
+        self._set_aside_newer_than(found)
         if found or not resume_from:
             return found
         path = Path(resume_from)
@@ -267,6 +286,19 @@ class CheckpointManager:
         if found is None:
             raise CorruptCheckpoint(f"resumeFrom {resume_from}: no complete checkpoint there")
         return found
+
+    def _set_aside_newer_than(self, loadable: CheckpointInfo | None) -> None:
+        """Rename committed checkpoints newer than the newest loadable one (all failed verification) to
+        `.corrupt`: retention would count them as newest and delete each new save. Kept for inspection."""
+        barrier(self.env)  # every rank has finished verifying before rank 0 renames
+        if self.env.is_main:
+            floor = loadable.step if loadable else -1
+            for c in committed(self.root):
+                if c.step > floor:
+                    aside = set_aside(c.path)
+                    log.warning("checkpoint %s fails verification: renamed to %s so it no longer counts as "
+                                "the newest", c.path.name, aside.name)
+        barrier(self.env)
 
     def load(self, info: CheckpointInfo) -> tuple[dict, dict | None]:
         """(shared state, this rank's state or None when the checkpoint has no part for this rank)."""
@@ -391,6 +423,8 @@ class CheckpointManager:
         found = committed(self.root)
         keep = to_keep(found, keep_last=self.keep_last, best_metric=self.best_metric, best_mode=self.best_mode,
                        archive_every=self.archive_every)
+        if self.last_saved is not None:  # even when a newer committed folder outranks it
+            keep.add(self.last_saved.step)
         removed = []
         for c in found:
             if c.step not in keep:
