@@ -77,6 +77,30 @@ def test_metagene_eval_label_unknown_to_training_is_an_error(tmp_path):
         build("metagene-classification", tmp_path)
 
 
+def write_split_files(folder, *names):
+    folder.mkdir(parents=True)
+    (folder / "train.fasta").write_text(">a label=A\nACGT\n>b label=B\nGGCC\n")
+    for name in names:
+        stem = name.split(".")[0]
+        (folder / name).write_text(f">{stem}-1 label=A\nACGT\n>{stem}-2 label=B\nGGCC\n")
+
+
+def test_metagene_evaluates_on_val_not_test_when_both_exist(tmp_path, caplog):
+    write_split_files(tmp_path / "data" / "reads", "test.fasta", "val.fasta", "eval.fasta")
+    with caplog.at_level(logging.WARNING):
+        data = build("metagene-classification", tmp_path)
+    assert data.split_mapping["eval_ids"] == ["val-1", "val-2"]
+    assert "test.fasta" not in caplog.text
+
+
+def test_metagene_evaluates_on_test_only_when_nothing_else_exists_and_says_so(tmp_path, caplog):
+    write_split_files(tmp_path / "data" / "reads", "test.fasta")
+    with caplog.at_level(logging.WARNING):
+        data = build("metagene-classification", tmp_path)
+    assert data.split_mapping["eval_ids"] == ["test-1", "test-2"]
+    assert "test.fasta" in caplog.text
+
+
 # -- PTM-Mamba ------------------------------------------------------------------------------
 
 

@@ -66,6 +66,9 @@ if torch.cuda.is_available():  # fragmentation is what OOMs a 24 GB card first; 
 SEQ_SUFFIXES = (".fa", ".fasta", ".fna", ".fq", ".fastq", ".fa.gz", ".fasta.gz", ".fna.gz", ".fq.gz", ".fastq.gz")
 TINY_CLASSES = ("Escherichia_coli", "Staphylococcus_aureus", "Bacteroides_fragilis")
 PAD_ID = 0
+# Eval file prefixes, most preferred first: model selection (keepBest) runs on this split, so the test
+# split is a last resort ("val" also covers valid/validation).
+EVAL_PREFIXES = ("val", "eval", "test")
 
 
 # -- model --------------------------------------------------------------------
@@ -129,6 +132,17 @@ def read_label_file(path: Path) -> dict[str, str]:
 def in_eval(record_id: str, fraction: float) -> bool:
     h = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
     return h / 2**64 < fraction
+
+
+def pick_eval_file(files: list[Path]) -> Path | None:
+    """The first (sorted) file of the most preferred eval split present; test only when nothing else is."""
+    for prefix in EVAL_PREFIXES:
+        matches = [p for p in files if p.name.lower().startswith(prefix)]
+        if matches:
+            if prefix == "test":
+                log.warning("no val.*/eval.* file: evaluating (and selecting checkpoints) on %s", matches[0].name)
+            return matches[0]
+    return None
 
 
 def read_labelled(path: Path, labels: dict[str, str] | None, on_error: str) -> tuple[list[tuple[str, str, str]], Any]:
@@ -262,11 +276,11 @@ class MetageneClassification(RecipeBase):
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.name.lower().endswith(SEQ_SUFFIXES))
             train_files = [p for p in files if p.name.lower().startswith("train")]
-            eval_files = [p for p in files if p.name.lower().startswith(("val", "eval", "test"))]
             if not train_files:
                 raise DataError(f"{path}: no train.* FASTA/FASTQ file in the folder")
             train = [r for p in train_files for r in read_labelled(p, labels, on_error)[0]]
-            evals = [r for p in eval_files[:1] for r in read_labelled(p, labels, on_error)[0]]
+            eval_file = pick_eval_file(files)
+            evals = read_labelled(eval_file, labels, on_error)[0] if eval_file else []
             return train, evals, str(path)
         if not path.is_file():
             raise DataError(f"data.path: {path} does not exist")
