@@ -248,11 +248,22 @@ def tiny_corpus(genes) -> list[str]:
     return texts + [" " + a + ANSWER_END for _, _, _, a in genes]
 
 
-def load_dnabert2(name: str, revision: str | None, cache_dir: str):
+def dnabert2_name(model_spec: dict) -> str:
+    return model_spec.get("encoder") or "zhihan1996/DNABERT-2-117M"
+
+
+def load_dnabert2_tokenizer(name: str, revision: str | None, cache_dir: str | None):
+    """DNABERT-2's tokenizer by name, on its own: the data (built before the model) needs it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name, revision=revision, cache_dir=cache_dir, trust_remote_code=True)
+
+
+def load_dnabert2(name: str, revision: str | None, cache_dir: str | None):
     """DNABERT-2 by name, remote code, with its Triton flash-attention disabled (its plain attention runs)."""
     import sys
 
-    from transformers import AutoModel, AutoTokenizer, BertConfig
+    from transformers import AutoModel, BertConfig
 
     # transformers > 4.28 needs the config passed explicitly (DNABERT-2's README).
     config = BertConfig.from_pretrained(name, revision=revision, cache_dir=cache_dir)
@@ -263,8 +274,7 @@ def load_dnabert2(name: str, revision: str | None, cache_dir: str):
     for module_name, module in list(sys.modules.items()):
         if hasattr(module, "flash_attn_qkvpacked_func") and "bert_layers" in module_name:
             module.flash_attn_qkvpacked_func = None
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, cache_dir=cache_dir, trust_remote_code=True)
-    return model, tokenizer
+    return model
 
 
 def tiny_encoder():
@@ -329,7 +339,7 @@ class GeneChatRecipe(RecipeBase):
                                                             cache_dir=cfg.paths.model_cache)
         if self.text_tokenizer.pad_token_id is None:  # as the reference: pad = eos
             self.text_tokenizer.pad_token = self.text_tokenizer.eos_token
-        # The DNA tokenizer comes with the encoder (build_model) in production.
+        self.dna_tokenizer = load_dnabert2_tokenizer(dnabert2_name(model), None, cfg.paths.model_cache)
 
     def build_model(self, cfg, tiny: bool) -> nn.Module:
         self.settings = self._settings(cfg, tiny)
@@ -339,8 +349,7 @@ class GeneChatRecipe(RecipeBase):
             encoder, llm = tiny_encoder(), tiny_llm(len(self.text_tokenizer))
         else:
             model = cfg.spec.get("model") or {}
-            encoder, self.dna_tokenizer = load_dnabert2(model.get("encoder") or "zhihan1996/DNABERT-2-117M",
-                                                        None, cfg.paths.model_cache)
+            encoder = load_dnabert2(dnabert2_name(model), None, cfg.paths.model_cache)
             from transformers import AutoModelForCausalLM
 
             llm = AutoModelForCausalLM.from_pretrained(model["name"], **base_load_kwargs(cfg, method))
@@ -375,8 +384,6 @@ class GeneChatRecipe(RecipeBase):
         if not train:
             raise DataError(f"{source}: no training genes")
         s = self.settings
-        if self.dna_tokenizer is None:
-            raise DataError("the DNA tokenizer comes with the encoder: build the model first")
         collate = Collate(self.dna_tokenizer, self.text_tokenizer, s["window"], s["overlap"], s["max_windows"],
                           s["max_answer"])
         return RecipeData(train=train, eval=evals or None, collate=collate,

@@ -36,8 +36,9 @@ def load(model_dir: Path):
     else:
         from transformers import AutoModelForCausalLM
 
-        encoder, dna_tok = genechat.load_dnabert2(model_spec.get("encoder") or "zhihan1996/DNABERT-2-117M", None,
-                                                  None)
+        encoder_name = genechat.dnabert2_name(model_spec)
+        encoder = genechat.load_dnabert2(encoder_name, None, None)
+        dna_tok = genechat.load_dnabert2_tokenizer(encoder_name, None, None)
         llm = AutoModelForCausalLM.from_pretrained(model_spec["name"], revision=model_spec.get("revision"),
                                                    dtype=torch.bfloat16)
     if meta["method"] in ("lora", "qlora"):
