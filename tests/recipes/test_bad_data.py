@@ -143,6 +143,22 @@ def test_ptm_mamba_split_is_by_sizes_and_seed(tmp_path):
     assert a.split_mapping["sizes"] == {"train": 42, "val": 5, "test": 3}
 
 
+def test_ptm_mamba_incomplete_precomputed_embeddings_name_the_missing_file_and_the_precompute_command(tmp_path):
+    from helixrun_trainer.recipes.ptm_mamba import PTMMambaRecipe, embeddings
+
+    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MKL") for i in range(10)])
+    emb = tmp_path / "emb"
+    sets = ("data.options.valSize=2", "data.options.testSize=2", "model.options.esmEmbeddings=precomputed",
+            f"data.options.embeddingsDir={emb}")
+    with pytest.raises(DataError, match=r"train_embeddings\.done\.\* is missing; run `helixrun-train precompute "
+                                        r"ptm-mamba`"):
+        build("ptm-mamba", tmp_path, *sets)
+    model = PTMMambaRecipe().build_model(tiny_config("ptm-mamba", tmp_path), tiny=True)
+    embeddings.precompute_split(model, [("p0", "MKL")], emb, "train", rank=0, world=2)  # rank 1 never finished
+    with pytest.raises(DataError, match=r"train_embeddings\.done\.1of2 is missing; run `helixrun-train precompute"):
+        build("ptm-mamba", tmp_path, *sets)
+
+
 # -- StructDiff -----------------------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ mean CE over masked positions (weighted by their count across micro-batches).
 ESM embeddings (options.esmEmbeddings):
 - `on-the-fly` (default): ESM-2 runs every step on the *masked* input, PTM
   tokens and masked positions as ESM <mask>, as the official code does.
-- `precomputed`: stage 1 writes HDF5 embeddings of the *unmasked* sequences
+- `precomputed`: stage 1 (`helixrun-train precompute ptm-mamba`, run before
+  training) writes HDF5 embeddings of the *unmasked* sequences
   (embeddings.py: per split, per rank, resumable, skipped when complete; into
   options.embeddingsDir, default <checkpoints>/esm_embeddings) and training
   reads them. This LEAKS the masked residues (documented in embeddings.py,
@@ -256,9 +257,12 @@ class PTMMambaRecipe(RecipeBase):
         if not directory.is_absolute():
             directory = Path(cfg.paths.checkpoints) / directory
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        if not all(embeddings.split_complete(directory, s) for s in splits):
-            if self.model_ref is None:
-                raise DataError("precomputing ESM embeddings needs the model (build_model first)")
+        missing = [m for s in splits if (m := embeddings.missing_marker(directory, s)) is not None]
+        if missing:
+            if self.model_ref is None:  # training builds the data before the model: precompute is its own stage
+                raise DataError(f"ESM embeddings incomplete: {missing[0]} is missing; run `helixrun-train "
+                                "precompute ptm-mamba` with this run's config (--config FILE, or --local -f "
+                                "RUN.yaml --workdir DIR) first")
             device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}") if torch.cuda.is_available() else "cpu"
             esm = self.model_ref.esm
             esm.to(device)

@@ -48,12 +48,21 @@ def sequence_digest(sequence: str) -> str:
     return hashlib.sha1(sequence.encode()).hexdigest()
 
 
-def split_complete(directory: Path, split: str) -> bool:
+def missing_marker(directory: Path, split: str) -> Path | None:
+    """A `.done` marker the split still lacks (a pattern when no rank has finished), or None when complete."""
     markers = list(Path(directory).glob(f"{split}_embeddings.done.*of*"))
     if not markers:
-        return False
+        return Path(directory) / f"{split}_embeddings.done.*"
     world = int(markers[0].name.rsplit("of", 1)[1])
-    return all(done_path(directory, split, r, world).exists() for r in range(world))
+    for rank in range(world):
+        marker = done_path(directory, split, rank, world)
+        if not marker.exists():
+            return marker
+    return None
+
+
+def split_complete(directory: Path, split: str) -> bool:
+    return missing_marker(directory, split) is None
 
 
 @torch.no_grad()
