@@ -16,6 +16,9 @@ SCHEDULED = "Scheduled"
 TRAINER_EXITED = "TrainerExited"
 # Spec fields a running run may change; everything else is fixed at creation.
 MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit"})
+# TrainerExited reasons. Only a retryable exit leaves the run to be restarted.
+RETRYABLE_EXIT, PERMANENT_EXIT, BACKOFF_EXCEEDED = "RetryableExit", "PermanentExit", "BackoffLimitExceeded"
+COUNTED_EXITS_KEPT = 64  # the CRD's maxItems for status.countedExits
 
 
 def now_iso(now: datetime | None = None) -> str:
@@ -88,8 +91,51 @@ def explain(phase: str, conditions: list[dict] | None) -> str:
     """The status message: the most specific explanation of the phase the conditions hold."""
     by_type = {c["type"]: c for c in conditions or []}
     exited, scheduled = by_type.get(TRAINER_EXITED), by_type.get(SCHEDULED)
-    if phase in ("Failed", "Restarting") and exited and exited["status"] == "True":
+    if exited and exited["status"] == "True" and (
+        phase == "Restarting" or (phase == "Failed" and exited["reason"] != RETRYABLE_EXIT)
+    ):  # a retryable exit long since recovered from does not explain a later failure
         return exited["message"]
     if phase == "Pending" and scheduled and scheduled["status"] == "False":
         return scheduled["message"]
     return by_type.get(READY, {}).get("message", "")
+
+
+def count_exit(status: dict, ended, backoff_limit: int | None, now: str) -> dict | None:
+    """The status update for a trainer pod's exit, or None when that pod's exit was already counted.
+
+    Counting is keyed by pod UID inside a precondition-guarded write, so it is exactly once however
+    often the event arrives. Retryable exits beyond `backoff_limit` fail the run: the training-operator's
+    own limit counts container restarts, and ExitCode replicas are recreated, never restarted.
+    """
+    counted = list(status.get("countedExits") or [])
+    if ended.uid in counted:
+        return None
+    update: dict = {"countedExits": (counted + [ended.uid])[-COUNTED_EXITS_KEPT:]}
+    reason, message, phase = PERMANENT_EXIT, ended.describe(), status.get("phase", "Pending")
+    if ended.retryable:
+        update["restarts"] = restarts = int(status.get("restarts") or 0) + 1
+        reason = RETRYABLE_EXIT
+        if backoff_limit is not None and restarts > backoff_limit:
+            reason, phase = BACKOFF_EXCEEDED, "Failed"
+            message += f"; restart {restarts} exceeds spec.backoffLimit {backoff_limit}"
+            update["phase"] = phase
+    conditions = set_condition(status.get("conditions"), TRAINER_EXITED, True, reason, message, now)
+    return update | {"conditions": conditions, "message": explain(phase, conditions)}
+
+
+def mirror_job(status: dict, phase: str, reason: str, message: str, now: str) -> dict | None:
+    """The run's phase and Running condition from its job's state; None when nothing changes.
+
+    A run failed for exceeding its backoff limit stays failed: its job is being deleted, and the
+    events of that deletion are no news about the run.
+    """
+    conditions = status.get("conditions") or []
+    exited = next((c for c in conditions if c["type"] == TRAINER_EXITED), {})
+    if exited.get("reason") == BACKOFF_EXCEEDED:
+        return None
+    ready = next((c for c in conditions if c["type"] == READY), {})
+    if status.get("phase") == phase and (ready.get("reason"), ready.get("message")) == (reason, message):
+        return None
+    running = phase in ("Running", "Succeeded")
+    conditions = set_condition(conditions, READY, running, reason, message, now)
+    return {"phase": phase, "conditions": conditions, "message": explain(phase, conditions)}

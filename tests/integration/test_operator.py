@@ -126,6 +126,24 @@ def test_a_permanent_exit_code_fails_the_run_with_the_reason(cluster, operator, 
     assert "exited with code 2 (permanent)" in status["message"]
 
 
+def test_retryable_exits_beyond_the_backoff_limit_fail_the_run(cluster, operator, namespace):
+    # The training-operator's own limit never triggers for ExitCode replicas (kubeflow/trainer#2045).
+    obj = launch(cluster, namespace, "run-structdiff.yaml", backoffLimit=1)
+    name = obj["metadata"]["name"]
+    (first,) = running_pods(cluster, name, namespace, 1)
+    cluster.kubectl("annotate", "pod", first["metadata"]["name"], "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
+    wait_for("the first retry", lambda: run_status(cluster, name, namespace).get("restarts") == 1)
+    (second,) = wait_for("the recreated pod", lambda: [p for p in running_pods(cluster, name, namespace, 1)
+                                                       if p["metadata"]["uid"] != first["metadata"]["uid"]])
+    cluster.kubectl("annotate", "pod", second["metadata"]["name"], "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
+    status = wait_for("Failed past the limit", lambda: (s := run_status(cluster, name, namespace))
+                      .get("phase") == "Failed" and s)
+    assert status["restarts"] == 2
+    assert "restart 2 exceeds spec.backoffLimit 1" in status["message"]
+    wait_for("the job deleted", lambda: get(cluster, "pytorchjob", name, namespace) is None)
+    assert run_status(cluster, name, namespace)["phase"] == "Failed"
+
+
 @pytest.mark.parametrize(("retention", "pvc_kept"), [("Retain", True), ("Delete", False)])
 def test_deleting_a_run_removes_its_children_and_honours_retention(cluster, operator, namespace, retention, pvc_kept):
     obj = launch(cluster, namespace, "run-esm2.yaml",

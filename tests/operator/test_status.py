@@ -54,7 +54,7 @@ def test_job_phase_follows_the_newest_true_condition():
 
 
 def pod(name, phase="Running", code=None, scheduled=True, deleting=False):
-    body = {"metadata": {"name": name}, "spec": {"nodeName": "a800-0"} if scheduled else {}, "status": {"phase": phase}}
+    body = {"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": {"nodeName": "a800-0"} if scheduled else {}, "status": {"phase": phase}}
     if code is not None:
         body["status"]["containerStatuses"] = [{"name": "pytorch", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": "NCCL timeout"}}}]
     if not scheduled:
@@ -72,8 +72,48 @@ def test_exit_codes_follow_the_contract():
 
 
 def test_a_failed_rank_restarts_its_live_peers_only():
-    pods = [pod("j-master-0"), pod("j-worker-0", "Failed", 137), pod("j-worker-1"), pod("j-worker-2", deleting=True)]
+    pods = [pod("j-master-0"), pod("j-worker-0", "Failed", 137), pod("j-worker-1"), pod("j-worker-2", deleting=True),
+            pod("j-worker-3", "Failed", 1)]  # its permanent exit must fail the run, not vanish in a restart
     assert peers_to_restart(pods, "j-worker-0") == ["j-master-0", "j-worker-1"]
+
+
+def test_each_exit_counts_once_and_retries_stop_at_the_backoff_limit():
+    first, again = termination(pod("j-worker-0", "Failed", 137)), termination(pod("j-worker-0", "Failed", 137))
+    update = status.count_exit({"phase": "Running"}, first, backoff_limit=1, now="t")
+    assert update["restarts"] == 1 and update["countedExits"] == ["uid-j-worker-0"] and "phase" not in update
+    state = {"phase": "Restarting", **update}
+    assert status.count_exit(state, again, backoff_limit=1, now="t") is None  # the same pod's event, re-delivered
+    recreated = termination({**pod("j-worker-0", "Failed", 137), "metadata": {"name": "j-worker-0", "uid": "uid-2"}})
+    over = status.count_exit(state, recreated, backoff_limit=1, now="t")
+    assert over["restarts"] == 2 and over["phase"] == "Failed"
+    assert "restart 2 exceeds spec.backoffLimit 1" in over["message"]
+    assert status.count_exit(state, recreated, backoff_limit=None, now="t")["restarts"] == 2  # no limit: retry on
+
+
+def test_a_permanent_exit_is_counted_without_a_restart():
+    update = status.count_exit({"phase": "Running", "restarts": 3}, termination(pod("m", "Failed", 2)), 10, "t")
+    assert "restarts" not in update and update["countedExits"] == ["uid-m"]
+    exited = next(c for c in update["conditions"] if c["type"] == status.TRAINER_EXITED)
+    assert exited["reason"] == status.PERMANENT_EXIT and "code 2 (permanent)" in exited["message"]
+
+
+@given(st.integers(min_value=0, max_value=200))
+def test_counted_exits_stay_within_the_schema_limit(n):
+    state: dict = {}
+    for i in range(n):
+        ended = termination({**pod("w", "Failed", 137), "metadata": {"name": "w", "uid": f"u{i}"}})
+        state |= status.count_exit(state, ended, None, "t")
+    assert len(state.get("countedExits", [])) == min(n, status.COUNTED_EXITS_KEPT)
+    assert state.get("restarts", 0) == n
+
+
+def test_the_job_mirror_updates_the_message_and_leaves_a_backoff_failure_alone():
+    pending = status.mirror_job({}, "Pending", "JobCreated", "waiting for the training-operator", "t")
+    gang = status.mirror_job(pending, "Pending", "GangIncomplete", "1 of 2 pods running", "t")
+    assert gang["message"] == "1 of 2 pods running"  # same phase, newer news
+    assert status.mirror_job({**pending, **gang}, "Pending", "GangIncomplete", "1 of 2 pods running", "t") is None
+    failed = status.count_exit({"restarts": 1}, termination(pod("w", "Failed", 137)), 1, "t")
+    assert status.mirror_job(failed, "Suspended", "JobSuspended", "", "t") is None
 
 
 def test_unschedulable_pods_explain_why():
@@ -116,3 +156,6 @@ def test_the_message_explains_the_phase_most_specifically():
     assert status.explain("Pending", unplaced) == "Insufficient nvidia.com/gpu"
     assert status.explain("Pending", job_says) == "job failed"
     assert status.explain("Pending", []) == ""
+    recovered = status.set_condition(job_says, status.TRAINER_EXITED, True, "RetryableExit", "pod m exited with code 137", "t")
+    assert status.explain("Restarting", recovered) == "pod m exited with code 137"
+    assert status.explain("Failed", recovered) == "job failed"  # an old retryable exit explains no later failure

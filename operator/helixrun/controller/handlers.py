@@ -14,7 +14,7 @@ from helixrun import api
 from helixrun import status as st
 from helixrun.backends.pytorchjob import PyTorchJobBackend
 from helixrun.controller import kube
-from helixrun.controller.pods import RESTART_COUNTED, gang_placement, peers_to_restart, termination
+from helixrun.controller.pods import gang_placement, peers_to_restart, termination
 from helixrun.pools import load_pools
 from helixrun.render import KUEUE_QUEUE_LABEL, RUN_LABEL, PlanRefused, RenderSettings, job_name, render_run
 from helixrun.resolve import resolve
@@ -76,8 +76,12 @@ def _run_object(name: str, namespace: str, uid: str, labels, spec) -> dict:
 @kopf.on.resume(*RUNS)
 @kopf.on.create(*RUNS)
 @operator_metrics.instrumented("reconcile")
-def reconcile(body, name, namespace, uid, labels, spec, memo, **_) -> None:
+def reconcile(body, name, namespace, uid, labels, spec, status, memo, **_) -> None:
     """Create the run's children once; safe to repeat (operator restarts, re-delivered events)."""
+    if status.get("jobName"):
+        # Planned and created before: an operator restart must neither re-plan a live run against
+        # today's pools and spec nor recreate a job deleted on purpose (backoff limit exceeded).
+        return
     now = st.now_iso()
     try:
         run = api.TrainingRun.from_object(_run_object(name, namespace, uid, labels, spec))
@@ -151,10 +155,13 @@ def _update_status(namespace: str, name: str, compute) -> dict | None:
 def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, memo, **_) -> None:
     """Apply the fields a live run may change; refuse the rest with a condition."""
     if not status.get("jobName"):  # nothing runs yet (refused plan or invalid run): plan again
-        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec, memo=memo)
+        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec, status=status, memo=memo)
         return
     now = st.now_iso()
-    refused = st.refused_changes(old or {}, new or {})
+    # A job Kueue admitted is Kueue's to suspend: never fight it, and say so.
+    kueue_suspends = KUEUE_QUEUE_LABEL in labels
+    suspend_changed = (old or {}).get("suspend") != new.get("suspend")
+    refused = st.refused_changes(old or {}, new or {}) + (["suspend (Kueue manages it)"] if suspend_changed and kueue_suspends else [])
     message = f"fixed after creation, ignored: {', '.join(refused)}" if refused else "all changes applied"
     _update_status(namespace, name, lambda current: {"conditions": st.set_condition(
         current.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused), "ImmutableFields" if refused else "Applied",
@@ -163,8 +170,7 @@ def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, mem
     if refused:
         kopf.warn(body, reason="SpecChangeRefused", message=message)
     backend = PyTorchJobBackend()
-    # A job Kueue admitted is Kueue's to suspend: never fight it.
-    if (old or {}).get("suspend") != new.get("suspend") and KUEUE_QUEUE_LABEL not in labels:
+    if suspend_changed and not kueue_suspends:
         kube.patch_job(backend, namespace, status["jobName"], backend.suspend_patch(bool(new.get("suspend"))))
         kopf.info(body, reason="Suspended" if new.get("suspend") else "Resumed", message="suspend applied to the job")
     if (old or {}).get("backoffLimit") != new.get("backoffLimit") and new.get("backoffLimit") is not None:
@@ -173,64 +179,62 @@ def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, mem
 
 @kopf.on.event(*JOBS, labels={RUN_LABEL: kopf.PRESENT})
 @operator_metrics.instrumented("job_changed")
-def job_changed(type, body, namespace, logger, **_) -> None:
+def job_changed(type, body, namespace, **_) -> None:
     """Mirror the job's conditions into the run's phase."""
     if type == "DELETED":
         return
     state = PyTorchJobBackend().job_state(body)
-
-    def mirror(current: dict) -> dict | None:
-        if current.get("phase") == state.phase:
-            return None
-        running = state.phase in ("Running", "Succeeded")
-        conditions = st.set_condition(current.get("conditions"), st.READY, running, state.reason, state.message, st.now_iso())
-        return {"phase": state.phase, "conditions": conditions, "message": st.explain(state.phase, conditions)}
-
-    run = _update_status(namespace, body["metadata"]["labels"][RUN_LABEL], mirror)
-    if run is not None:
+    run = _update_status(
+        namespace, body["metadata"]["labels"][RUN_LABEL],
+        lambda current: st.mirror_job(current, state.phase, state.reason, state.message, st.now_iso()),
+    )
+    if run is not None and (run.get("status") or {}).get("phase") != state.phase:
         event = kopf.warn if state.phase in ("Failed", "Restarting") else kopf.info
         event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
 
 
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 @operator_metrics.instrumented("pod_changed")
-def pod_changed(type, body, namespace, logger, **_) -> None:
-    """Count restarts, restart whole gangs, and explain permanent failures and unschedulable pods."""
-    if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
-        return  # a pod being deleted (by us, for a gang restart) is no new failure
+def pod_changed(type, body, namespace, **_) -> None:
+    """Explain unschedulable gangs, count exits, restart whole gangs, enforce the backoff limit."""
     run_name = body["metadata"]["labels"][RUN_LABEL]
     job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
     gang = kube.pods_of_job(namespace, job)
     placement = gang_placement(gang)
     if placement is not None:
         _set_scheduled(namespace, run_name, *placement)
+    if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        return  # a pod being deleted (by us, for a gang restart) is no new failure
     ended = termination(body)
-    if ended is None or body["metadata"].get("annotations", {}).get(RESTART_COUNTED):
-        return
-    if not kube.annotate_pod(namespace, ended.pod, {RESTART_COUNTED: str(ended.exit_code)}):
-        return  # already gone: the event that counted it came first
-    if ended.retryable:
-        peers = peers_to_restart(gang, ended.pod)
-        for peer in peers:
-            kube.delete_pod(namespace, peer)
+    if ended is not None:
+        _count_exit(namespace, run_name, job, ended, gang)
 
-    def record(current: dict) -> dict:
-        reason = "RetryableExit" if ended.retryable else "PermanentExit"
-        conditions = st.set_condition(current.get("conditions"), st.TRAINER_EXITED, True, reason, ended.describe(), st.now_iso())
-        update = {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
-        if ended.retryable:
-            update["restarts"] = int(current.get("restarts") or 0) + 1
-        return update
 
-    run = _update_status(namespace, run_name, record)
+def _count_exit(namespace: str, run_name: str, job: str, ended, gang: list[dict]) -> None:
+    """Count the exit once, then act on it: the training-operator may already have deleted the pod."""
+    now = st.now_iso()
+
+    def counted(run: dict) -> dict | None:
+        return st.count_exit(run.get("status") or {}, ended, run["spec"].get("backoffLimit"), now)
+
+    run = kube.update_run_status(namespace, run_name, counted)
     if run is None:
-        return
+        return  # counted before (a re-delivered event), or the run is gone
+    written = counted(run)  # the same pure computation the write made from this read
+    explanation = next(c["message"] for c in written["conditions"] if c["type"] == st.TRAINER_EXITED)
     if not ended.retryable:
-        kopf.warn(run, reason="PermanentFailure", message=ended.describe())
+        kopf.warn(run, reason="PermanentFailure", message=explanation)
         return
     operator_metrics.restart_observed(namespace, run_name)
+    if written.get("phase") == "Failed":
+        kube.delete_job(PyTorchJobBackend(), namespace, job)
+        kopf.warn(run, reason=st.BACKOFF_EXCEEDED, message=f"{explanation}: job {job} deleted")
+        return
+    peers = peers_to_restart(gang, ended.pod)
+    for peer in peers:
+        kube.delete_pod(namespace, peer)
     restarting = f"; restarting the gang ({', '.join(peers)})" if peers else ""
-    kopf.warn(run, reason="Restarting", message=f"{ended.describe()}{restarting}")
+    kopf.warn(run, reason="Restarting", message=f"{explanation}{restarting}")
 
 
 def _set_scheduled(namespace: str, run_name: str, scheduled: bool, message: str) -> None:

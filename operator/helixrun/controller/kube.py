@@ -77,6 +77,16 @@ def patch_job(backend, namespace: str, name: str, patch: dict) -> None:
     )
 
 
+def delete_job(backend, namespace: str, name: str) -> None:
+    try:
+        client.CustomObjectsApi().delete_namespaced_custom_object(
+            backend.group, backend.version, namespace, backend.plural, name, propagation_policy="Background"
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
 def pods_of_job(namespace: str, job_name: str) -> list[dict]:
     """The job's pods as plain dicts, the shape kopf hands the handlers."""
     selector = f"training.kubeflow.org/job-name={job_name}"
@@ -90,13 +100,3 @@ def delete_pod(namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
-
-
-def annotate_pod(namespace: str, name: str, annotations: dict) -> bool:
-    try:
-        client.CoreV1Api().patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True

@@ -8,12 +8,12 @@ from helixrun.backends.pytorchjob import CONTAINER
 
 # The trainer's exit-code contract (restartPolicy ExitCode): 1-127 permanent, 128+ retryable.
 RETRYABLE_FROM = 128
-RESTART_COUNTED = "helixrun.io/restart-counted"
 
 
 @dataclass(frozen=True)
 class Termination:
     pod: str
+    uid: str
     exit_code: int
     reason: str
     message: str
@@ -38,6 +38,7 @@ def termination(pod: dict) -> Termination | None:
         if container.get("name") == CONTAINER and terminated:
             return Termination(
                 pod=pod["metadata"]["name"],
+                uid=pod["metadata"]["uid"],
                 exit_code=int(terminated.get("exitCode", 1)),
                 reason=terminated.get("reason", ""),
                 message=terminated.get("message", ""),
@@ -69,9 +70,15 @@ def gang_placement(pods: list[dict]) -> tuple[bool, str] | None:
 
 
 def peers_to_restart(pods: list[dict], failed: str) -> list[str]:
-    """Healthy ranks of a gang whose member failed: they are deleted so every rank resumes together."""
+    """Live ranks of a gang whose member failed: they are deleted so every rank resumes together.
+
+    A peer that already ended is left alone: deleting it would hide its own exit (a permanent
+    one must fail the run, not be recreated).
+    """
     return sorted(
         p["metadata"]["name"]
         for p in pods
-        if p["metadata"]["name"] != failed and not p["metadata"].get("deletionTimestamp")
+        if p["metadata"]["name"] != failed
+        and not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
     )
