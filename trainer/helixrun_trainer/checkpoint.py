@@ -345,10 +345,6 @@ class CheckpointManager:
         pending.thread.start()
         self._pending = pending
 
-    @property
-    def in_flight(self) -> bool:
-        return self._pending is not None
-
     def part_written(self) -> bool:
         """This rank's files of the pending async save are on disk (or nothing is pending)."""
         return self._pending is None or not self._pending.thread.is_alive()

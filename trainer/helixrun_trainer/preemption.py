@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import signal
 
-log = logging.getLogger(__name__)
+from helixrun_trainer.errors import EXIT_SIGINT, EXIT_SIGTERM
 
-EXIT_SIGTERM = 143  # 128 + SIGTERM: retryable under the PyTorchJob ExitCode restart policy
-EXIT_SIGINT = 130
+log = logging.getLogger(__name__)
 
 # The last signal received by this process (read by faults.pause_point).
 SIGNALLED: int | None = None
