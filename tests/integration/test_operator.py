@@ -182,6 +182,11 @@ def test_changing_a_fixed_field_is_refused_with_a_condition(cluster, operator, n
 
     condition = wait_for("SpecChangeRefused", refused)
     assert "training.optimizer.lr" in condition["message"]
+    # A later, allowed change does not forget the refused one: the spec still differs from what runs.
+    cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("the job suspended", lambda: get(cluster, "pytorchjob", name, namespace)["spec"]["runPolicy"].get("suspend"))
+    condition = refused()
+    assert condition and "training.optimizer.lr" in condition["message"]
 
 
 def test_a_plan_that_does_not_fit_creates_no_job(cluster, operator, namespace):

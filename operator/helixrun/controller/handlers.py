@@ -5,6 +5,7 @@ Run with `helixrun operator` (or `kopf run -m helixrun.controller.handlers`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -21,6 +22,8 @@ from helixrun.resolve import resolve
 from helixrun.telemetry import operator_metrics
 
 RUNS = (api.GROUP, api.VERSION, api.PLURAL)
+# The spec as planned: later edits are judged against it, not against the previous edit.
+PLANNED_SPEC = f"{api.GROUP}/planned-spec"
 JOBS = (PyTorchJobBackend.group, PyTorchJobBackend.version, PyTorchJobBackend.plural)
 
 
@@ -76,7 +79,7 @@ def _run_object(name: str, namespace: str, uid: str, labels, spec) -> dict:
 @kopf.on.resume(*RUNS)
 @kopf.on.create(*RUNS)
 @operator_metrics.instrumented("reconcile")
-def reconcile(body, name, namespace, uid, labels, spec, status, memo, **_) -> None:
+def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, **_) -> None:
     """Create the run's children once; safe to repeat (operator restarts, re-delivered events)."""
     if status.get("jobName"):
         # Planned and created before: an operator restart must neither re-plan a live run against
@@ -111,6 +114,7 @@ def reconcile(body, name, namespace, uid, labels, spec, status, memo, **_) -> No
         return update
 
     _update_status(namespace, name, planned)
+    patch.metadata.annotations[PLANNED_SPEC] = json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
     if created:
         kopf.info(body, reason="Created", message=f"created {', '.join(created)}; {_plan_line(resolved)}")
 
@@ -152,16 +156,18 @@ def _update_status(namespace: str, name: str, compute) -> dict | None:
 
 @kopf.on.update(*RUNS, field="spec")
 @operator_metrics.instrumented("spec_changed")
-def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, memo, **_) -> None:
+def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, patch, memo, **_) -> None:
     """Apply the fields a live run may change; refuse the rest with a condition."""
     if not status.get("jobName"):  # nothing runs yet (refused plan or invalid run): plan again
-        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec, status=status, memo=memo)
+        reconcile(body=body, name=name, namespace=namespace, uid=uid, labels=labels, spec=spec, status=status,
+                  patch=patch, memo=memo)
         return
+    planned = json.loads(body["metadata"].get("annotations", {}).get(PLANNED_SPEC, "null")) or old or {}
     now = st.now_iso()
     # A job Kueue admitted is Kueue's to suspend: never fight it, and say so.
     kueue_suspends = KUEUE_QUEUE_LABEL in labels
     suspend_changed = (old or {}).get("suspend") != new.get("suspend")
-    refused = st.refused_changes(old or {}, new or {}) + (["suspend (Kueue manages it)"] if suspend_changed and kueue_suspends else [])
+    refused = st.refused_changes(planned, new or {}) + (["suspend (Kueue manages it)"] if suspend_changed and kueue_suspends else [])
     message = f"fixed after creation, ignored: {', '.join(refused)}" if refused else "all changes applied"
     _update_status(namespace, name, lambda current: {"conditions": st.set_condition(
         current.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused), "ImmutableFields" if refused else "Applied",
