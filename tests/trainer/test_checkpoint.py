@@ -148,6 +148,31 @@ def test_incomplete_folders_are_ignored_and_cleaned_at_start(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000005"]
 
 
+def test_a_complete_tmp_whose_step_is_missing_is_committed_at_start(tmp_path):
+    """A kill between a re-save's two renames (old step-N -> .deleting, step-N.tmp -> step-N)."""
+    m = manager(tmp_path, keep_last=5)
+    save(m, 3)
+    save(m, 5, payload=2.0)
+    os.replace(tmp_path / "step-00000005", tmp_path / "step-00000005.tmp")
+    (tmp_path / "step-00000005.deleting").mkdir()  # the first save of step 5, half removed
+    (tmp_path / "step-00000007.tmp").mkdir()  # incomplete: still removed
+    m.clean_stale()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000003", "step-00000005"]
+    shared, _ = m.load(m.find_resume())
+    assert torch.equal(shared["model"]["w"], torch.full((4,), 2.0))
+
+
+def test_a_complete_tmp_is_removed_when_its_step_is_committed(tmp_path):
+    m = manager(tmp_path)
+    save(m, 5, payload=1.0)
+    save(manager(tmp_path / "other"), 5, payload=2.0)
+    os.replace(tmp_path / "other" / "step-00000005", tmp_path / "step-00000005.tmp")
+    m.clean_stale()
+    assert not (tmp_path / "step-00000005.tmp").exists()
+    shared, _ = m.load(m.find_resume())
+    assert torch.equal(shared["model"]["w"], torch.full((4,), 1.0))
+
+
 @pytest.mark.parametrize("damage", ["no-marker", "manifest-edited", "manifest-garbage", "file-truncated",
                                     "byte-flipped", "file-missing"])
 def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, damage, caplog):

@@ -89,11 +89,12 @@ def test_kill_anywhere_then_resume_is_bitwise_exact(run_file, reference_run, tmp
     assert "removing incomplete checkpoint" in t.log
     assert (ckpts / "step-00000020.tmp" / "COMPLETE").exists() and 20 not in complete_steps(tmp_path)
 
-    # 4. Resume from 15; SIGTERM at step 23: the step in flight is checkpointed and the exit code is 143.
+    # 4. Resume from 20 (its .tmp verifies: committed at start); SIGTERM at step 23: the step in flight is
+    #    checkpointed and the exit code is 143.
     t = start_trainer(cmd, tmp_path, pause="23:after-step")
     t.wait_paused(23, "after-step")
     assert t.kill(signal.SIGTERM) == 143, t.log[-2000:]
-    assert resumed_step(t.log) == 15, t.log[-2000:]
+    assert resumed_step(t.log) == 20, t.log[-2000:]
     assert complete_steps(tmp_path)[-1] == 23
     assert not list(ckpts.glob("*.tmp")), "SIGTERM left a half-written checkpoint"
     manifest = json.loads((ckpts / "step-00000023" / "manifest.json").read_text())

@@ -8,7 +8,8 @@ Layout on the checkpoint volume (local: DIR/checkpoints):
       dcp/                    FSDP only: sharded model + optimizer (torch.distributed.checkpoint)
       manifest.json           step, metrics, world size, every file's bytes and sha256
       COMPLETE                sha256 of manifest.json
-    step-00000505.tmp/        being written (ignored by readers; removed at the next start)
+    step-00000505.tmp/        being written (ignored by readers; at the next start committed if it verifies
+                              and step-00000505 is missing, else removed)
     final/                    Hugging Face export at the end of training
     latest                    advisory: name of the newest complete checkpoint
 
@@ -266,10 +267,30 @@ class CheckpointManager:
     def clean_stale(self) -> None:
         if self.env.is_main and self.root.is_dir():
             for entry in self.root.iterdir():
-                if entry.is_dir() and entry.name.endswith((".tmp", ".deleting")):
-                    log.warning("removing incomplete checkpoint %s", entry)
-                    shutil.rmtree(entry, ignore_errors=True)
+                if not entry.is_dir() or not entry.name.endswith((".tmp", ".deleting")):
+                    continue
+                if self._commit_stale(entry):
+                    continue
+                log.warning("removing incomplete checkpoint %s", entry)
+                shutil.rmtree(entry, ignore_errors=True)
         barrier(self.env)
+
+    def _commit_stale(self, tmp: Path) -> bool:
+        """Rename a `step-N.tmp` that verifies into place when `step-N` is missing: a kill between the two
+        renames of a re-save (old folder -> .deleting, .tmp -> step-N) left the new save complete there."""
+        final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+        if tmp.suffix != ".tmp" or not STEP_DIR.match(final.name) or final.exists():
+            return False
+        try:
+            info = verify(tmp, self.checksums_on_load)
+        except CorruptCheckpoint:
+            return False
+        if step_dir_name(info.step) != final.name:
+            return False
+        os.replace(tmp, final)
+        fsync_dir(self.root)
+        log.warning("committed checkpoint %s, complete but left uncommitted by a dead process", final.name)
+        return True
 
     def find_resume(self, resume_from: str | None = None) -> CheckpointInfo | None:
         """Newest valid checkpoint of this run; else spec.resumeFrom (a checkpoint folder or a run's folder)."""
