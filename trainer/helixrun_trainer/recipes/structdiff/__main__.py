@@ -33,7 +33,7 @@ def load(model_dir: Path):
 def sample(model_dir: Path, num: int, length: int | None, like: list[str] | None, seed: int, guidance: float,
            steps: int | None, use_ema: bool = True) -> list[str]:
     from helixrun_trainer.recipes.structdiff import STANDARD, Collate, ESM_ID
-    from helixrun_trainer.recipes.structdiff.structure import FEATURES, fake_features
+    from helixrun_trainer.recipes.structdiff.structure import fake_features
 
     model, meta = load(model_dir)
     if use_ema:
@@ -47,7 +47,7 @@ def sample(model_dir: Path, num: int, length: int | None, like: list[str] | None
         if not length:
             raise SystemExit("give --length or --like")
         mask = torch.ones((num, length + 2), dtype=torch.long)
-        structure = torch.zeros((num, length + 2, FEATURES))
+        structure = None  # unconditional: the model's learned null structure
     embeddings = model.sample(structure, mask, generator, guidance=guidance, steps=steps)
     logits = model.decoder(embeddings)
     allowed = torch.full((logits.shape[-1],), float("-inf"))

@@ -175,15 +175,18 @@ class StructDiff(nn.Module):
         return mse, ce, logits
 
     @torch.no_grad()
-    def sample(self, structure, mask, generator: torch.Generator, guidance: float = 1.5,
+    def sample(self, structure: torch.Tensor | None, mask, generator: torch.Generator, guidance: float = 1.5,
                steps: int | None = None) -> torch.Tensor:
-        """DDPM ancestral sampling of embeddings [B, L, E] conditioned on structure features (CFG)."""
+        """DDPM ancestral sampling of embeddings [B, L, E] conditioned on structure features (CFG);
+        structure None samples unconditionally, from the learned null structure alone."""
         device = self.alphas_bar.device
         batch, length = mask.shape
         embed_dim = self.decoder.in_features
         x = torch.randn((batch, length, embed_dim), generator=generator).to(device)
-        cond = self.condition(structure, mask)
-        null = self.null_structure.expand_as(cond)
+        null = self.null_structure.expand(batch, length, -1)
+        # The null vector is what training put in place of a dropped structure: with it as the condition,
+        # guidance has nothing to push toward (an encoded all-zero structure would be a fake structure).
+        cond = null if structure is None else self.condition(structure, mask)
         schedule = list(range(self.timesteps - 1, -1, -max(1, self.timesteps // (steps or self.timesteps))))
         for i, t in enumerate(schedule):
             tt = torch.full((batch,), t, device=device, dtype=torch.long)
