@@ -139,6 +139,29 @@ def test_sigterm_exits_143_with_checkpoint_at_step_in_flight(run_file, tmp_path)
     assert "exiting 143" in t.log
 
 
+def gauge(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_checkpoint_gauges_after_a_resume_describe_the_checkpoint_loaded(run_file, tmp_path):
+    cmd = train_command(run_file, tmp_path)
+    t = start_trainer(cmd, tmp_path, pause="2:after-step")
+    t.wait_paused(2, "after-step")
+    assert t.kill(signal.SIGTERM) == 143, t.log[-2000:]
+    t = start_trainer(cmd, tmp_path, pause="3:after-step")  # resumed from 2; step 3 saves nothing
+    try:
+        t.wait_paused(3, "after-step")
+        text = scrape(int(re.search(r"metrics on :(\d+)/metrics", t.log).group(1)))
+    finally:
+        t.kill()
+    manifest = json.loads((tmp_path / "checkpoints" / "step-00000002" / "manifest.json").read_text())
+    assert gauge(text, "helixrun_checkpoint_last_step") == 2
+    assert gauge(text, "helixrun_checkpoint_last_timestamp_seconds") == manifest["created_unix"]
+    assert gauge(text, "helixrun_checkpoint_size_bytes") == sum(f["bytes"] for f in manifest["files"].values())
+
+
 @pytest.mark.slow
 def test_async_save_and_prefetch_train_on_while_writing_and_a_kill_before_commit_resumes_exactly(run_file, reference_run,
                                                                                      tmp_path):

@@ -24,7 +24,7 @@ import torch
 
 from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
-from helixrun_trainer.checkpoint import CheckpointManager, checkpoint_bytes, durable_write
+from helixrun_trainer.checkpoint import CheckpointInfo, CheckpointManager, checkpoint_bytes, durable_write
 from helixrun_trainer.data import BatchOrder, Prefetch, StepBatches, eval_batches, mix_seed, to_device
 from helixrun_trainer.errors import EXIT_OK
 from helixrun_trainer.faults import pause_point
@@ -159,10 +159,13 @@ class Trainer:
         saved = self.checkpoints.last_saved
         if saved is not None and saved.step != self._exported_checkpoint_step:
             self._exported_checkpoint_step = saved.step
-            self.prom.set("helixrun_checkpoint_size_bytes", checkpoint_bytes(saved))
-            self.prom.set("helixrun_checkpoint_last_step", saved.step)
-            self.prom.set("helixrun_checkpoint_last_timestamp_seconds", saved.manifest.get("created_unix", time.time()))
+            self._set_checkpoint_gauges(saved)
             self.run_status.checkpoint(saved.step, str(saved.path))
+
+    def _set_checkpoint_gauges(self, info: CheckpointInfo) -> None:
+        self.prom.set("helixrun_checkpoint_size_bytes", checkpoint_bytes(info))
+        self.prom.set("helixrun_checkpoint_last_step", info.step)
+        self.prom.set("helixrun_checkpoint_last_timestamp_seconds", info.manifest.get("created_unix", time.time()))
 
     def resume(self) -> None:
         self.checkpoints.clean_stale()
@@ -174,6 +177,7 @@ class Trainer:
         self.state.restarts += 1
         self.resumed_from = self.state.step
         self.prom.set("helixrun_train_resumed_from_step", self.state.step)
+        self._set_checkpoint_gauges(info)  # the last checkpoint until the next save is the one loaded
         self.prom.inc("helixrun_train_restarts")
         log.info("resumed from %s (step %d)", info.path, self.state.step)
 
