@@ -139,6 +139,18 @@ def test_sigterm_exits_143_with_checkpoint_at_step_in_flight(run_file, tmp_path)
     assert "exiting 143" in t.log
 
 
+@pytest.mark.slow
+def test_sigterm_before_an_evaluation_checkpoints_without_evaluating(run_file, tmp_path):
+    """--tiny evaluates every 10 steps; the grace period is for the save, not for an evaluation."""
+    t = start_trainer(train_command(run_file, tmp_path), tmp_path, pause="10:trained")
+    t.wait_paused(10, "trained")
+    assert t.kill(signal.SIGTERM) == 143, t.log[-2000:]
+    assert complete_steps(tmp_path) == [5, 10]
+    assert "eval at step 10" not in t.log
+    manifest = json.loads((tmp_path / "checkpoints" / "step-00000010" / "manifest.json").read_text())
+    assert manifest["meta"]["reason"] == "preempted" and manifest["metrics"] == {}
+
+
 def gauge(text: str, name: str) -> float:
     line = next(line for line in text.splitlines() if line.startswith(name + "{"))
     return float(line.rsplit(" ", 1)[1])

@@ -4,7 +4,7 @@
     resume from the newest complete checkpoint (or spec.resumeFrom)
     while step < total_steps:
         train_step(step)                     # grad accumulation over this step's micro-batches
-        evaluate every evaluation.everySteps
+        evaluate every evaluation.everySteps (not once a rank got SIGTERM: the grace period is for the save)
         log, then checkpoint every checkpointing.everySteps
         on SIGTERM: checkpoint this step and exit 143
     checkpoint the last step, export final/
@@ -248,7 +248,8 @@ class Trainer:
                     out = self.train_step(self.state.step)
                     record = self._account(out, time.monotonic() - t0)
                     step = record["step"]
-                    if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
+                    pause_point(self.checkpoints.root, step, "trained", self.env.rank)
+                    if self._evaluation_due(step) and not self._stop_agreed(preempt.requested):
                         record.update(self._evaluate_at(step, progress))
                     self._log(record, progress)
                     pause_point(self.checkpoints.root, step, "after-step", self.env.rank)
@@ -286,6 +287,14 @@ class Trainer:
                 "tokens_per_second": out["tokens"] / dt if dt > 0 else 0.0,
                 "samples_per_second": out["samples"] / dt if dt > 0 else 0.0,
                 "epoch": self.batches.epoch_of(self.state.step - 1), "_seconds": dt}
+
+    def _evaluation_due(self, step: int) -> bool:
+        return bool(self.eval_every) and (step % self.eval_every == 0 or step == self.total_steps)
+
+    def _stop_agreed(self, signalled: bool) -> bool:
+        """Whether any rank was signalled. A preempted step skips its evaluation: the grace period before
+        SIGKILL is sized for the save, and a long evaluation (generation on a large model) would eat it."""
+        return distributed.flags_any(self.env, signalled)[0]
 
     def _evaluate_at(self, step: int, progress: ProgressLog) -> dict:
         self.state.eval_metrics = self.evaluate()
