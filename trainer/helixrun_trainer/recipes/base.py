@@ -41,6 +41,7 @@ Rules the runtime relies on (exact resume depends on them):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
@@ -132,6 +133,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def resolve_data_path(cfg: "ResolvedRun", data_dir: Path) -> Path:
     """spec.data.path: absolute as given, else relative to the data volume (data_dir)."""
-    raw = (cfg.spec.get("data") or {}).get("path") or ""
+    return on_data_volume((cfg.spec.get("data") or {}).get("path") or "", data_dir)
+
+
+def on_data_volume(raw: str, data_dir: Path) -> Path:
+    """A path from the spec (data.path, data.options.labels, ...): absolute as given, else relative to data_dir."""
     path = Path(raw)
     return path if path.is_absolute() else Path(data_dir) / path
+
+
+def in_eval_split(key: str, fraction: float) -> bool:
+    """Whether a record (by its id or sequence) is held out: its 64-bit blake2b hash falls in the first
+    `fraction` of the hash space, so the split is the same every run and on every rank."""
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction

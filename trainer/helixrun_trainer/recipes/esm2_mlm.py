@@ -14,7 +14,6 @@ default), the same split every run.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from helixrun_trainer.errors import DataError
-from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
+from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path
 
 # facebook/esm2_* vocab.txt, in id order.
 ESM_ALPHABET = (
@@ -92,11 +91,6 @@ class TokenStore:
 
     def lengths(self, cap: int) -> list[int]:
         return np.minimum(np.diff(self.offsets), cap).tolist()
-
-
-def in_eval_split(record_id: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
 
 
 def tiny_sequences(seed: int, n: int = 384, min_len: int = 12, max_len: int = 90) -> list[tuple[str, str]]:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -56,7 +55,8 @@ from torch import nn
 
 from helixrun_trainer.errors import DataError
 from helixrun_trainer.recipes.adapters import add_lora, base_load_kwargs, method_of
-from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
+from helixrun_trainer.recipes.base import (LossOutput, RecipeBase, RecipeData, in_eval_split, on_data_volume,
+                                          resolve_data_path)
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,6 @@ def read_label_file(path: Path) -> dict[str, str]:
             raise DataError(f"{path}:{line}: empty id or label")
         out[row["id"]] = row["label"]
     return out
-
-
-def in_eval(record_id: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
 
 
 def pick_eval_file(files: list[Path]) -> Path | None:
@@ -247,12 +242,12 @@ class MetageneClassification(RecipeBase):
         self.records_dir = Path(cfg.paths.records)
         if tiny:
             reads = tiny_reads(seed)
-            train = [r for r in reads if not in_eval(r[0], 0.2)]
-            evals = [r for r in reads if in_eval(r[0], 0.2)]
+            train = [r for r in reads if not in_eval_split(r[0], 0.2)]
+            evals = [r for r in reads if in_eval_split(r[0], 0.2)]
             source = "tiny"
         else:
             path = resolve_data_path(cfg, data_dir)
-            labels = read_label_file(resolve_data_path_str(opts["labels"], data_dir)) if opts.get("labels") else None
+            labels = read_label_file(on_data_volume(opts["labels"], data_dir)) if opts.get("labels") else None
             train, evals, source = self._read_splits(path, labels, on_error, float(opts.get("evalFraction", 0.1)))
         if not train:
             raise DataError(f"{source}: no labelled training reads")
@@ -285,7 +280,7 @@ class MetageneClassification(RecipeBase):
         if not path.is_file():
             raise DataError(f"data.path: {path} does not exist")
         reads, _ = read_labelled(path, labels, on_error)
-        return ([r for r in reads if not in_eval(r[0], fraction)], [r for r in reads if in_eval(r[0], fraction)],
+        return ([r for r in reads if not in_eval_split(r[0], fraction)], [r for r in reads if in_eval_split(r[0], fraction)],
                 str(path))
 
     def _tokenizer(self, cfg, tiny: bool, sequences: list[str], data_dir: Path):
@@ -298,7 +293,7 @@ class MetageneClassification(RecipeBase):
         model = cfg.spec.get("model") or {}
         local = ((cfg.spec.get("data") or {}).get("options") or {}).get("tokenizer")
         if local:  # a tokenizer folder on the data volume instead of the model's own
-            tok = AutoTokenizer.from_pretrained(str(resolve_data_path_str(local, data_dir)))
+            tok = AutoTokenizer.from_pretrained(str(on_data_volume(local, data_dir)))
         else:
             tok = AutoTokenizer.from_pretrained(model["name"], revision=model.get("revision"),
                                                 cache_dir=cfg.paths.model_cache)
@@ -354,11 +349,6 @@ class MetageneClassification(RecipeBase):
             torch.save(model.head.state_dict(), out_dir / "head.pt")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
-
-
-def resolve_data_path_str(raw: str, data_dir: Path) -> Path:
-    path = Path(raw)
-    return path if path.is_absolute() else Path(data_dir) / path
 
 
 def build_classifier(cfg, tiny: bool, num_classes: int) -> SequenceClassifier:

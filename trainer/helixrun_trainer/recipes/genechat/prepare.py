@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import io
 import json
 import random
@@ -36,16 +35,14 @@ import sys
 from pathlib import Path
 
 from helixrun_trainer.errors import DataError
+from helixrun_trainer.formats.fasta import FastaError, open_text_or_gzip, read_fasta
 
 DNA_LETTERS = set("ACGTN")
 PRESETS = {"smoke": {"limit": 100, "test_size": 10, "val_size": 10}}
 
 
 def _open_text(path: Path):
-    raw = open(path, "rb")
-    if raw.peek(2)[:2] == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
-    return io.TextIOWrapper(raw, encoding="utf-8")
+    return io.TextIOWrapper(open_text_or_gzip(path), encoding="utf-8")
 
 
 def read_gene_info(path: Path) -> dict[str, dict[str, str]]:
@@ -91,8 +88,6 @@ def read_summaries(path: Path) -> dict[str, str]:
 
 def read_gene_sequences(path: Path) -> dict[str, str]:
     if path.name.lower().endswith((".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")):
-        from helixrun_trainer.formats.fasta import FastaError, read_fasta
-
         try:
             return {r.id: r.sequence for r in read_fasta(path)}
         except FastaError as exc:

@@ -29,7 +29,6 @@ decoder. Sampling: `python -m helixrun_trainer.recipes.structdiff sample
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from torch import nn
 from helixrun_trainer.errors import DataError
 from helixrun_trainer.formats.table import sequence_rows
 from helixrun_trainer.recipes.adapters import method_of
-from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, resolve_data_path
+from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path
 from helixrun_trainer.recipes.structdiff.model import StructDiff
 from helixrun_trainer.recipes.structdiff.structure import StructureCache, fake_features, fold_missing
 
@@ -63,11 +62,6 @@ def encode(sequence: str) -> list[int]:
 
 def decode(ids: Iterable[int]) -> str:
     return "".join(ESM_LETTERS[i - 4] for i in ids if 4 <= i < 4 + len(ESM_LETTERS))
-
-
-def in_eval(sequence: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(sequence.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
 
 
 def read_peptides(path: Path, column: str, max_len: int, on_error: str) -> list[str]:
@@ -165,8 +159,8 @@ class StructDiffRecipe(RecipeBase):
             log.info("structures: %d folded now, %d from the cache %s", folded, len(peptides) - folded, root)
             features = cache.get
             source = str(path)
-        train = [p for p in peptides if not in_eval(p, fraction)]
-        evals = [p for p in peptides if in_eval(p, fraction)]
+        train = [p for p in peptides if not in_eval_split(p, fraction)]
+        evals = [p for p in peptides if in_eval_split(p, fraction)]
         if not train:
             raise DataError(f"{source}: no training peptides")
         return RecipeData(train=train, eval=evals or None, collate=Collate(features),
