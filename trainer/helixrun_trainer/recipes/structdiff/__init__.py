@@ -185,8 +185,7 @@ class StructDiffRecipe(RecipeBase):
         mse, ce, _ = model(batch["input_ids"], batch["attention_mask"], batch["residue_mask"], batch["structure"],
                            t, noise, drop)
         n = int(batch["input_ids"].shape[0])
-        return LossOutput(loss=mse + ce, loss_units=n, num_tokens=int(batch["attention_mask"].sum()), num_samples=n,
-                          extras={"mse": float(mse.detach()), "decoder_ce": float(ce.detach())})
+        return LossOutput(loss=mse + ce, loss_units=n, num_tokens=int(batch["attention_mask"].sum()), num_samples=n)
 
     def evaluate(self, model, eval_batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         from helixrun_trainer.data import mix_seed
