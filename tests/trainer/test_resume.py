@@ -151,6 +151,19 @@ def test_sigterm_before_an_evaluation_checkpoints_without_evaluating(run_file, t
     assert manifest["meta"]["reason"] == "preempted" and manifest["metrics"] == {}
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_last_async_save_writes_commits_it_then_a_restart_exports(run_file, tmp_path):
+    cmd = train_command(run_file, tmp_path)
+    t = start_trainer(cmd, tmp_path, pause=f"{TOTAL_STEPS}:parts", HELIXRUN_ASYNC_CHECKPOINT="1")
+    t.wait_paused(TOTAL_STEPS, "parts")  # the loop is over; the writer of the last save is mid-write
+    assert t.kill(signal.SIGTERM) == 143, t.log[-2000:]
+    assert complete_steps(tmp_path)[-1] == TOTAL_STEPS
+    assert not (tmp_path / "checkpoints" / "final").exists()
+    t = start_trainer(cmd, tmp_path, HELIXRUN_ASYNC_CHECKPOINT="1")
+    assert t.wait() == 0, t.log[-3000:]
+    assert (tmp_path / "checkpoints" / "final").is_dir()
+
+
 def gauge(text: str, name: str) -> float:
     line = next(line for line in text.splitlines() if line.startswith(name + "{"))
     return float(line.rsplit(" ", 1)[1])

@@ -254,9 +254,9 @@ class Trainer:
                     self._log(record, progress)
                     pause_point(self.checkpoints.root, step, "after-step", self.env.rank)
                     if self._checkpoint_or_stop(step, preempt.requested):
-                        progress.message(f"preempted: checkpoint at step {step} committed, "
-                                         f"exiting {preempt.exit_code}")
-                        return preempt.exit_code
+                        return self._exit_preempted(preempt, progress)
+                if self._commit_last_save(preempt):
+                    return self._exit_preempted(preempt, progress)
             self._finish()
             return EXIT_OK
         finally:
@@ -326,9 +326,18 @@ class Trainer:
             self._export_checkpoint()
         return stop
 
-    def _finish(self) -> None:
+    def _commit_last_save(self, preempt: Preemption) -> bool:
+        """Commit the last step's save while SIGTERM is still handled: an async save may still be writing, and
+        the default handler would kill the process before the commit. True when any rank was signalled."""
         self.checkpoints.wait()
         self._export_checkpoint()
+        return self._stop_agreed(preempt.requested)
+
+    def _exit_preempted(self, preempt: Preemption, progress: ProgressLog) -> int:
+        progress.message(f"preempted: checkpoint at step {self.state.step} committed, exiting {preempt.exit_code}")
+        return preempt.exit_code
+
+    def _finish(self) -> None:
         if self.plan.distributed in ("none", "ddp"):
             distributed.check_replicas_agree(self.env, self.module)
         self.export_final()
