@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
+from helixrun_trainer.recipes.base import write_atomically
+
 # METAGENE-1: pad 0, unk 1, sep 2, bos 3, eos 4, mask 5; vocab 1024.
 METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
 # DNABERT-2: [UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4; vocab 4096.
@@ -29,9 +31,8 @@ def cached_tokenizer(cache: Path | None, train: Callable[[], "Tokenizer"]) -> "T
     tok = train()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(path)
+        # Every rank of a tiny run trains and saves the same tokenizer: atomically, so none reads a half file.
+        write_atomically(path, lambda staging: tok.save(str(staging)))
     return tok
 
 

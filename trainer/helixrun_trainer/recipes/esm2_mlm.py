@@ -15,7 +15,6 @@ default), the same split every run.
 from __future__ import annotations
 
 import math
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 
 from helixrun_trainer.errors import DataError
-from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path
+from helixrun_trainer.recipes.base import (LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path,
+                                          write_atomically)
 
 # facebook/esm2_* vocab.txt, in id order.
 ESM_ALPHABET = (
@@ -184,11 +184,8 @@ class Esm2MLM(RecipeBase):
         if tiny:
             path = Path(data_dir) / "tiny-esm2.fasta"
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Every rank writes the same file: stage it under a private name and rename, so no rank ever
-            # reads a file another rank is rewriting.
-            staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            write_fasta(tiny_sequences(seed), staging)
-            os.replace(staging, path)
+            # Every rank writes the same file: atomically, so no rank ever reads one another rank is rewriting.
+            write_atomically(path, lambda staging: write_fasta(tiny_sequences(seed), staging))
         else:
             path = resolve_data_path(cfg, data_dir)
             if not path.is_file():

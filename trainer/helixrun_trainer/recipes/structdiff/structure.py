@@ -23,6 +23,8 @@ from typing import Iterable
 
 import torch
 
+from helixrun_trainer.recipes.base import write_atomically
+
 log = logging.getLogger(__name__)
 
 FEATURES = 12
@@ -82,9 +84,7 @@ class StructureCache:
     def put(self, sequence: str, features: torch.Tensor) -> None:
         path = self.path(sequence)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        torch.save(features.to(torch.float32).contiguous(), tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda staging: torch.save(features.to(torch.float32).contiguous(), staging))
 
     def missing(self, sequences: Iterable[str]) -> list[str]:
         return sorted({s for s in sequences if not self.path(s).exists()})
