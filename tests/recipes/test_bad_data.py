@@ -121,6 +121,14 @@ def test_ptm_mamba_bad_rows_are_named(tmp_path, rows, message):
         build("ptm-mamba", tmp_path)
 
 
+def test_ptm_mamba_names_the_line_of_a_bad_row_after_a_quoted_field_over_two_lines(tmp_path):
+    path = tmp_path / "data" / "mamba.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text('unique_id,ptm_seq,note\np1,MKL,"a note\nover two lines"\np2,MKJL,\n')
+    with pytest.raises(DataError, match=r"mamba.csv:4 \(id 'p2'\): unknown token 'J'"):
+        build("ptm-mamba", tmp_path)
+
+
 def test_ptm_mamba_missing_column_and_too_long(tmp_path):
     write_csv(tmp_path / "data" / "mamba.csv", [("p1", "MKL")], header="unique_id,sequence")
     with pytest.raises(DataError, match="no column 'ptm_seq'"):

@@ -10,7 +10,10 @@ from helixrun_trainer.errors import DataError
 
 
 def sequence_rows(path: Path, column: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) of a CSV that must have `column`; errors name the file and what is missing."""
+    """(line number, row) of a CSV that must have `column`; errors name the file and what is missing.
+
+    The line number is where the row ends in the file (the reader's count), right also after a quoted field
+    that spans lines or a blank line."""
     if not path.is_file():
         raise DataError(f"data.path: {path} does not exist")
     with open(path, newline="") as handle:
@@ -20,4 +23,5 @@ def sequence_rows(path: Path, column: str) -> Iterator[tuple[int, dict[str, str]
         if column not in reader.fieldnames:
             raise DataError(f"{path}: no column {column!r} (columns: {', '.join(reader.fieldnames)}); "
                             f"set data.options.sequenceColumn")
-        yield from enumerate(reader, 2)  # line 1 is the header
+        for row in reader:
+            yield reader.line_num, row
