@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -144,7 +143,3 @@ def precompute_all(model, splits: dict[str, list[tuple[str, str]]], directory: P
         out[split] = precompute_split(model, records, directory, split, rank=rank, world=world,
                                       batch_size=batch_size, device=device)
     return out
-
-
-def iter_ids(records: Iterable[tuple[str, str]]) -> list[str]:
-    return [uid for uid, _ in records]
