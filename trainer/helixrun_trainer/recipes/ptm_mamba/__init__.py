@@ -30,7 +30,7 @@ ESM embeddings (options.esmEmbeddings):
 - `precomputed`: stage 1 (`helixrun-train precompute ptm-mamba`, run before
   training) writes HDF5 embeddings of the *unmasked* sequences
   (embeddings.py: per split, per rank, resumable, skipped when complete; into
-  options.embeddingsDir, default <checkpoints>/esm_embeddings) and training
+  data.options.embeddingsDir, default <checkpoints>/esm_embeddings) and training
   reads them. This LEAKS the masked residues (documented in embeddings.py,
   shown by the tests): the run logs a warning and its eval metrics carry
   eval_leaky_esm_embeddings = 1.
