@@ -3,8 +3,8 @@
 HELIXRUN_TEST_PAUSE="<step>:<phase>[@<rank>],..." makes the trainer, on reaching
 that point, write `PAUSED-<step>-<phase>-r<rank>` into the checkpoint folder and
 block there until SIGTERM/SIGINT arrives (then it carries on, so a preemption
-can be tested at an exact point) or SIGKILL ends it. Phases: `after-step` (step
-logged, before its checkpoint), `parts` (in a save: this rank's files written,
+can be tested at an exact point) or SIGKILL ends it. Phases: `trained` (step
+counted, before its evaluation), `after-step` (step logged, before its checkpoint), `parts` (in a save: this rank's files written,
 before its .done marker), `commit` (rank 0: manifest and COMPLETE written,
 before the rename that commits).
 """

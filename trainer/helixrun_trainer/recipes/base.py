@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
@@ -59,7 +59,6 @@ class LossOutput:
     loss_units: int  # denominator of that mean (masked tokens, samples, ...): accumulation weight
     num_tokens: int  # input tokens in the micro-batch (throughput: tokens/s)
     num_samples: int  # sequences in the micro-batch (throughput: samples/s)
-    extras: dict[str, float] = field(default_factory=dict)  # optional per-step values to log (e.g. {"acc": 0.5})
 
 
 @dataclass
