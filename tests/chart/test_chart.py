@@ -173,11 +173,20 @@ def test_schema_refuses_unknown_keys(values, where):
         {"pools": []},
         {"pools": [{"name": "p"}]},
         {"operator": {"containerSecurityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}},
+        # A factor of 1 fires whenever the loss moves at all.
+        {"monitoring": {"prometheusRule": {"rules": {"divergeFactor": 1}}}},
     ],
 )
 def test_schema_refuses_bad_values(values):
     with pytest.raises(HelmError, match="values don't meet the specifications"):
         helm.template(values)
+
+
+def test_a_fractional_divergence_factor_reaches_the_alert():
+    objects = helm.template({"monitoring": {"prometheusRule": {"enabled": True, "rules": {"divergeFactor": 1.5}}}})
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"] if r["alert"] == "HelixrunLossDiverging"]
+    assert exprs and "> 1.5 * avg by (namespace, run)" in exprs[0]
 
 
 def _schema_objects(node, path="$"):
@@ -390,9 +399,9 @@ OPERATOR_NAMESPACED = {
     ("helixrun.io", "trainingruns/status"): {"get", "patch"},
     ("helixrun.io", "trainingruns/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "configmaps"): {"create"},
+    ("", "services"): {"create"},
+    ("", "persistentvolumeclaims"): {"create"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},

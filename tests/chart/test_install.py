@@ -60,6 +60,7 @@ def test_install_serves_the_crds_and_runs_the_operator(cluster, release):
         ("create", "pytorchjobs.kubeflow.org", "", True),
         ("delete", "pods", "", True),
         ("create", "persistentvolumeclaims", "", True),
+        ("delete", "persistentvolumeclaims", "", False),
         ("create", "events.events.k8s.io", "", True),
         ("delete", "pytorchjobs.kubeflow.org", "", True),
         ("patch", "pods", "", False),
