@@ -105,6 +105,18 @@ def test_flops_per_token():
     assert timing.training_flops_per_token(n, layers, h, s, frozen_base=True, checkpointing=True, causal=False) == 6 * n + 6 * attention
 
 
+def test_zero_sync_moves_weights_and_gradients_every_micro_batch():
+    """ZeRO-2: all-gather + reduce-scatter per micro-batch, (N-1)/N x 4 B/param each; DDP: one all-reduce per step."""
+    p = 1_000_000_000
+    # 4 ranks over NVLink, accumulation 3: 3/4 x 4 B x 1e9 x 2 x 3 = 18 GB at 150 GB/s = 0.12 s
+    assert timing.sync_seconds_per_step(p, 4, 1, nvlink=True, zero=True, grad_accum=3) == pytest.approx(0.12)
+    # 2 nodes of 4: inter-node 12.5 GB/s bounds it; 7/8 x 4 x 1e9 x 2 x 5 = 35 GB -> 2.8 s
+    assert timing.sync_seconds_per_step(p, 8, 2, nvlink=True, zero=True, grad_accum=5) == pytest.approx(2.8)
+    # DDP does not depend on accumulation: 2 x 3/4 x 4 x 1e9 = 6 GB at 150 GB/s = 0.04 s
+    assert timing.sync_seconds_per_step(p, 4, 1, nvlink=True, zero=False, grad_accum=3) == pytest.approx(0.04)
+    assert timing.sync_seconds_per_step(p, 1, 1, nvlink=True, zero=True, grad_accum=3) == 0.0
+
+
 def test_grace_period_and_save_time():
     assert timing.grace_period_seconds(0.0) == 60
     assert timing.checkpoint_save_seconds(10 * 500_000_000) == 10

@@ -18,9 +18,10 @@ Assumptions (stated once, used everywhere):
   over PCIe (12 GB/s) to every micro-batch.
 - Communication, not overlapped with compute: DDP all-reduces fp32 gradients
   once per optimizer step (accumulation under no_sync), 2(N-1)/N x 4 B/param;
-  ZeRO-2 on FSDP2 all-gathers fp32 weights every micro-batch and reduce-scatters
-  fp32 gradients, (N-1)/N x 4 B/param each; at 150 GB/s over NVLink, 10 GB/s
-  over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
+  ZeRO-2 on FSDP2 all-gathers fp32 weights and reduce-scatters fp32 gradients
+  on every micro-batch (as DeepSpeed ZeRO-2 does, so that only sharded gradients
+  are held between micro-batches), (N-1)/N x 4 B/param each per micro-batch;
+  at 150 GB/s over NVLink, 10 GB/s over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
 - Checkpoints are written at 500 MB/s (a network PVC: provisioned gp3, Ceph
   RBD); the pod's grace period is the save time x1.5 + 15 s, at least 60 s.
 """
@@ -91,8 +92,8 @@ def sync_seconds_per_step(trainable_params: int, world: int, nodes: int, nvlink:
     if nodes > 1:
         bandwidth = min(bandwidth, INTERNODE_BYTES_PER_S)
     share = (world - 1) / world
-    if zero:  # all-gather of weights each micro-batch + reduce-scatter of gradients
-        moved = share * 4 * trainable_params * (grad_accum + 1)
+    if zero:  # all-gather of weights + reduce-scatter of gradients, both on every micro-batch
+        moved = share * 4 * trainable_params * 2 * grad_accum
     else:  # ring all-reduce once per optimizer step
         moved = 2 * share * 4 * trainable_params
     return moved / bandwidth
