@@ -133,6 +133,30 @@ def test_token_batching_by_hand(pools):
     assert "+0.15%" in b.note
 
 
+def test_token_batching_spreads_the_budget_over_the_fewest_steps(pools):
+    """PTM-Mamba: 400,000 tokens of 1024 on 4 ranks, up to 44 fit: ceil(400000 / (44 x 1024 x 4)) = 3 steps,
+    then ceil(400000 / (3 x 1024 x 4)) = 33 per micro-batch -> 405,504 tokens (+1.38 %), not 44 x 3 -> 540,672."""
+    from tests.planner.conftest import make_spec, run
+
+    spec = make_spec(run("esm2-mlm", "a800", training={"globalBatch": {"tokens": 400_000}}))
+    b = planner._batching(spec, world=4, seq_len=1024, max_micro=44)
+    assert (b.micro_batch, b.grad_accum, b.effective, b.exact) == (33, 3, 405_504, False)
+    assert "+5,504 (+1.38%)" in b.note and "training.globalBatch.tokens: 405504 would be exact" in b.note
+    spec = make_spec(run("esm2-mlm", "a800", training={"globalBatch": {"tokens": 405_504}}))
+    b = planner._batching(spec, world=4, seq_len=1024, max_micro=44)
+    assert (b.micro_batch, b.grad_accum, b.exact, b.note) == (33, 3, True, None), "the suggested batch is exact"
+
+
+def test_sample_batching_spreads_an_uneven_batch_over_the_fewest_steps(pools):
+    """1001 samples on 4 ranks, up to 44 fit: ceil(250.25 / 44) = 6 steps, ceil(1001 / 24) = 42 -> 1008, not 44 x 6 -> 1056."""
+    from tests.planner.conftest import make_spec, run
+
+    spec = make_spec(run("metagene-classification", "a800", training={"globalBatch": {"samples": 1001}}))
+    b = planner._batching(spec, world=4, seq_len=512, max_micro=44)
+    assert (b.micro_batch, b.grad_accum, b.effective) == (42, 6, 1008)
+    assert "training.globalBatch.samples: 1008 would be exact" in b.note
+
+
 def test_sample_batching_prefers_an_exact_divisor(pools):
     from tests.planner.conftest import make_spec, run
 

@@ -231,15 +231,19 @@ def _batching(spec, world: int, seq_len: int, max_micro: int) -> Batching:
     batch = spec.training.global_batch
     if batch is not None and batch.tokens:
         tokens = batch.tokens
-        micro = max_micro
-        accum = max(1, math.ceil(tokens / (micro * seq_len * world)))
+        # Fewest accumulation steps at the largest micro-batch that fits, then the smallest micro-batch that
+        # reaches the budget in that many steps (never above max_micro): the overshoot stays under one
+        # sequence per rank per accumulation step.
+        accum = max(1, math.ceil(tokens / (max_micro * seq_len * world)))
+        micro = max(1, math.ceil(tokens / (accum * seq_len * world)))
         effective = accum * micro * seq_len * world
         note = None
         if effective != tokens:
             note = (
                 f"global batch {effective:,} tokens = {micro} x {accum} x {seq_len} tokens x {world} ranks, "
                 f"{effective - tokens:+,} ({(effective - tokens) / tokens:+.2%}) from the {tokens:,} asked for "
-                f"(micro-batches are whole sequences of up to {seq_len} tokens)"
+                f"(micro-batches are whole sequences of up to {seq_len} tokens); "
+                f"training.globalBatch.tokens: {effective} would be exact"
             )
         return Batching(micro, accum, "tokens", tokens, effective, effective == tokens, note)
     samples = batch.samples if batch is not None and batch.samples else world
@@ -247,13 +251,17 @@ def _batching(spec, world: int, seq_len: int, max_micro: int) -> Batching:
     if per_rank == int(per_rank):
         per_rank = int(per_rank)
         micro = max(d for d in range(1, min(max_micro, per_rank) + 1) if per_rank % d == 0)
-    else:
-        micro = min(max_micro, math.ceil(per_rank))
-    accum = max(1, math.ceil(samples / (micro * world)))
+        accum = per_rank // micro
+    else:  # fewest accumulation steps, then the smallest micro-batch that reaches the batch in that many
+        accum = max(1, math.ceil(per_rank / max_micro))
+        micro = max(1, math.ceil(samples / (accum * world)))
     effective = accum * micro * world
     note = None
     if effective != samples:
-        note = f"global batch {effective} samples = {micro} x {accum} x {world} ranks, {effective - samples:+} from the {samples} asked for"
+        note = (
+            f"global batch {effective} samples = {micro} x {accum} x {world} ranks, {effective - samples:+} "
+            f"from the {samples} asked for; training.globalBatch.samples: {effective} would be exact"
+        )
     elif micro < max_micro and micro < per_rank:
         note = f"micro-batch {micro} (up to {max_micro} fits) so that {micro} x {accum} x {world} ranks is exactly {samples} samples"
     return Batching(micro, accum, "samples", samples, effective, effective == samples, note)
@@ -407,11 +415,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     if batching.note:
         notes.append(batching.note)
     if batching.effective > 1.05 * batching.requested:
-        per_round = batching.effective // batching.grad_accum
-        notes.append(
-            f"the global batch is more than 5% over: a multiple of {per_round:,} {batching.unit} "
-            f"(micro-batch x ranks{' x seq' if batching.unit == 'tokens' else ''}) would be exact"
-        )
+        notes.append(f"the global batch is more than 5% over the {batching.requested:,} {batching.unit} asked for")
     memory = estimate(ctx, setup, batching.micro_batch)
     p_train, t_train = _trainable(ctx, setup)
 
