@@ -57,11 +57,19 @@ def test_big_checkpoints_are_saved_asynchronously_with_a_long_grace_period(pools
     assert plan.checkpoint_bytes >= 12 * p
     save = plan.checkpoint_bytes / timing.CHECKPOINT_WRITE_BYTES_PER_S
     assert plan.async_checkpoint and save > 30
-    assert plan.grace_period_seconds == math.ceil(save * 1.5 + 15)
+    assert plan.grace_period_seconds == math.ceil(plan.step_seconds + save * 1.5 + 15)
     assert any("30 s torchrun allows" in n for n in plan.notes)
     lora = make_plan(make_spec(run("metagene-classification", "a800")), pools["a800"])
     assert not lora.async_checkpoint and lora.grace_period_seconds == 60
     assert lora.checkpoint_bytes < 100e6, "adapters + their AdamW states only"
+
+
+def test_grace_period_covers_the_step_in_flight_and_the_save(pools):
+    """ESM-2 650M on a 4090: a step of minutes dwarfs the ~16 s save; SIGTERM waits for the step, then the save."""
+    plan = make_plan(make_spec(run("esm2-mlm", "rtx4090")), pools["rtx4090"])
+    save = plan.checkpoint_bytes / timing.CHECKPOINT_WRITE_BYTES_PER_S
+    assert save < 30 and plan.step_seconds > 60
+    assert plan.grace_period_seconds == math.ceil(plan.step_seconds + 1.5 * save + 15) > 60
 
 
 def test_step_time_cost_and_eta_by_hand(pools):

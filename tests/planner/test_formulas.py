@@ -118,9 +118,13 @@ def test_zero_sync_moves_weights_and_gradients_every_micro_batch():
 
 
 def test_grace_period_and_save_time():
-    assert timing.grace_period_seconds(0.0) == 60
+    assert timing.grace_period_seconds(0.0, 0.0) == 60
     assert timing.checkpoint_save_seconds(10 * 500_000_000) == 10
-    assert timing.grace_period_seconds(100) == 165
+    assert timing.grace_period_seconds(100, 0.0) == 165
+    # the step in flight finishes before the save: ESM-2 650M on a 4090, 73 s step + 16 s save -> 73 + 24 + 15
+    assert timing.grace_period_seconds(16, 73) == 112
+    assert timing.grace_period_seconds(10, 20.5) == 60, "short steps and saves still get the 60 s floor"
+    assert timing.grace_period_seconds(10, 40.5) == 71
 
 
 def test_token_batching_by_hand(pools):

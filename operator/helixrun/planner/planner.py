@@ -456,7 +456,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
         grad_accum=batching.grad_accum, global_batch=batching.requested, global_batch_unit=batching.unit,
         global_batch_exact=batching.exact, effective_global_batch=batching.effective, memory=memory,
         step_seconds=step, total_seconds=total, cost_usd=cost, checkpoint_bytes=ckpt,
-        checkpoint_save_seconds=round(save, 1), grace_period_seconds=timing.grace_period_seconds(save),
+        checkpoint_save_seconds=round(save, 1), grace_period_seconds=timing.grace_period_seconds(save, step),
         async_checkpoint=async_save, load_dtype=_load_dtype(setup, precision), trainable_params=p_train,
         tokens_per_step=tokens_per_step, flops_per_token=flops, mfu=mfu,
         notes=notes, **base,

@@ -23,7 +23,8 @@ Assumptions (stated once, used everywhere):
   are held between micro-batches), (N-1)/N x 4 B/param each per micro-batch;
   at 150 GB/s over NVLink, 10 GB/s over PCIe, 12.5 GB/s (100 Gb/s) between nodes.
 - Checkpoints are written at 500 MB/s (a network PVC: provisioned gp3, Ceph
-  RBD); the pod's grace period is the save time x1.5 + 15 s, at least 60 s.
+  RBD). On SIGTERM the trainer finishes the step in flight, then saves: the pod's
+  grace period is one step + the save time x1.5 + 15 s, at least 60 s.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def checkpoint_save_seconds(checkpoint_bytes: int) -> float:
     return checkpoint_bytes / CHECKPOINT_WRITE_BYTES_PER_S
 
 
-def grace_period_seconds(save_seconds: float) -> int:
-    return max(GRACE_MIN_SECONDS, math.ceil(save_seconds * 1.5 + GRACE_FIXED_SECONDS))
+def grace_period_seconds(save_seconds: float, step_seconds: float) -> int:
+    """SIGTERM to SIGKILL: the step in flight finishes, then the checkpoint is saved (x1.5 margin), + fixed slack."""
+    return max(GRACE_MIN_SECONDS, math.ceil(step_seconds + save_seconds * 1.5 + GRACE_FIXED_SECONDS))
 
 
 def format_duration(seconds: float | None) -> str:
