@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,16 @@ class Trainer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{path.name} never appeared:\n{self.log[-3000:]}")
             time.sleep(0.02)
+
+    def wait_for_log(self, pattern: str) -> re.Match:
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while not (match := re.search(pattern, self.log)):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"trainer exited {self.proc.returncode} before logging {pattern!r}:\n{self.log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"trainer never logged {pattern!r}:\n{self.log[-3000:]}")
+            time.sleep(0.02)
+        return match
 
     def wait_paused(self, step: int, phase: str, rank: int = 0) -> None:
         self.wait_for_file(self.workdir / "checkpoints" / f"PAUSED-{step}-{phase}-r{rank}")

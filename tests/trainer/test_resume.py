@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.cluster.controlplane import free_ports
 from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
 
 from helixrun.metrics_contract import TRAINER_METRICS
@@ -34,6 +35,20 @@ def scrape(port: int) -> str:
 
 def exported_names(text: str) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_metrics_answer_while_the_trainer_still_waits_for_its_peers(run_file, tmp_path):
+    # Rank 0 of two, its peer never comes: it blocks in rendezvous, as a master waiting for its workers does.
+    (master_port,) = free_ports(1)
+    t = start_trainer(train_command(run_file, tmp_path), tmp_path, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port))
+    try:
+        port = int(t.wait_for_log(r"metrics on :(\d+)/metrics").group(1))
+        text = scrape(port)
+        assert "process group" not in t.log, "the trainer had already joined its group"
+    finally:
+        t.kill()
+    assert 'helixrun_train_step{' in text and 'rank="0"' in text
 
 
 @pytest.mark.slow

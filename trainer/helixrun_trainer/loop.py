@@ -54,6 +54,14 @@ class Trainer:
         self.spec, self.plan = spec, cfg.plan
         training = spec.training
         set_deterministic()
+        # Metrics answer from the start: rendezvous, data and a model download can outlast the stall
+        # alert's window, and a silent port reads as a dead trainer. One port per local rank, so
+        # torchrun's per-GPU processes do not collide.
+        placement = distributed.read_env(os.environ)
+        port = spec.metrics.port if metrics_port == -1 else metrics_port
+        self.prom = PrometheusExporter(run=cfg.name, namespace=cfg.namespace, rank=placement.rank,
+                                       port=port + placement.local_rank if port else port,
+                                       cuda=placement.device.type == "cuda")
         self.env = env = distributed.init(sharded=distributed.is_sharded(self.plan))
         if env.device.type == "cuda" and getattr(self.plan, "tf32", False):
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -123,12 +131,6 @@ class Trainer:
         self.eval_every = ev.every_steps if ev and ev.every_steps else None
         self.log_every = training.log_every_steps or 10
 
-        # Metrics: Prometheus on every rank (port + local rank, so torchrun's per-GPU processes do not collide).
-        port = spec.metrics.port if metrics_port == -1 else metrics_port
-        if port:
-            port += env.local_rank
-        self.prom = PrometheusExporter(run=cfg.name, namespace=cfg.namespace, rank=env.rank, port=port,
-                                       cuda=env.device.type == "cuda")
         # Rank 0 reports step, loss and the last checkpoint into the TrainingRun (kubectl get tr); no-op locally.
         self.run_status = RunStatusReporter(ApiEndpoint.in_cluster() if env.is_main else None, cfg.namespace, cfg.name)
         self.prom.info(recipe=spec.recipe, pool=cfg.pool.name, method=self.plan.method, precision=self.precision.name)
@@ -184,14 +186,12 @@ class Trainer:
     # -- one optimizer step -----------------------------------------------------
 
     def _no_sync(self, last: bool):
-        if last:
+        """DDP reduces gradients once, on the last micro-batch. FSDP (ZeRO) plans reduce-scatter on every
+        micro-batch, as DeepSpeed ZeRO-2 does: deferring it would hold full unsharded gradients between
+        micro-batches, memory the plan gave to activations."""
+        if last or not hasattr(self.model, "no_sync"):
             return contextlib.nullcontext()
-        if hasattr(self.model, "no_sync"):  # DDP: reduce gradients once, on the last micro-batch
-            return self.model.no_sync()
-        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
-            self.model.set_requires_gradient_sync(False)
-            return _Restore(lambda: self.model.set_requires_gradient_sync(True))
-        return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def train_step(self, step: int) -> dict:
         self.model.train()
@@ -380,19 +380,6 @@ class Trainer:
             os.replace(tmp, final)
             log.info("exported %s", final)
         distributed.barrier(self.env)
-
-
-class _Restore:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fn()
-
-
 def train(cfg: ResolvedRun, *, tiny: bool = False, metrics_port: int | None = -1) -> int:
     trainer = Trainer(cfg, tiny=tiny, metrics_port=metrics_port)
     try:

@@ -92,8 +92,8 @@ ALERTS: tuple[Alert, ...] = (
         "${stalledFor}",
         "warning",
         "Training run {{ $labels.namespace }}/{{ $labels.run }} makes no step progress",
-        "No optimizer step completed in the last ${stalledWindow}, or a trainer's metrics endpoint stopped "
-        "answering (a hung collective, a stuck data loader, a frozen process).",
+        "No optimizer step completed in the last ${stalledWindow} (a hung collective, a stuck data loader), "
+        "or a trainer's metrics endpoint stopped answering (a crashed or frozen process).",
     ),
     Alert(
         "HelixrunLossNaN",

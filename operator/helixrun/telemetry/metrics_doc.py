@@ -66,8 +66,11 @@ Decision: **one exporter per process, one port per local rank**
 - Every series already carries the global `rank`, so nothing needs merging:
   `sum by (run)` of per-rank throughput is the run's throughput, and no rank's
   counters are mixed with another's.
-- A hung or dead rank is its own target: `up == 0` names it, and the stall
-  alert fires even when the other ranks of the pod still answer.
+- A dead or frozen rank is its own target: `up == 0` names it, and the stall
+  alert fires even when the other ranks of the pod still answer. A rank hung
+  in a collective still answers (the exporter serves from its own thread):
+  its stall shows as a step that no longer changes. The exporter starts
+  before rendezvous, data and model loading, so a slow start is not `up == 0`.
 - No shared state between processes: no prometheus-client multiprocess
   directory to mount, clean on restart, or aggregate gauges from (the
   multiprocess mode needs a gauge aggregation mode per metric and drops
