@@ -103,6 +103,20 @@ def test_pcie_pools_pay_for_gradient_sync(pools):
     assert two.step_seconds > sync > 0
 
 
+def test_refusals_name_only_pools_whose_nodes_hold_the_runs_gpus_per_node(pools):
+    """8 GPUs per node asked: a 2-GPU node cannot host the run, however much memory its GPUs have."""
+    a800 = pools["a800"]
+    custom = {
+        "small8": a800.model_copy(update={"name": "small8", "memory_gib": 8.0}),
+        "big2": a800.model_copy(update={"name": "big2", "memory_gib": 400.0, "gpus_per_node": 2}),
+        "big8": a800.model_copy(update={"name": "big8", "memory_gib": 400.0}),
+    }
+    spec = make_spec(run("metagene-classification", "small8", model={"method": "full"}, hardware={"gpusPerNode": 8}))
+    plan = make_plan(spec, custom["small8"], custom)
+    assert not plan.fits
+    assert "use pool big8" in plan.refusal and "big2" not in plan.refusal, plan.refusal
+
+
 def test_unknown_or_precompute_only_models_are_refused_not_raised(pools):
     plan = make_plan(make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esm2_t99_1T_UR50D"})), pools["a800"])
     assert not plan.fits and "not in the planner's catalog" in plan.refusal

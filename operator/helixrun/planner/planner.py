@@ -524,8 +524,8 @@ def _refusal(spec, pool: Pool, ctx: Context, method: str, smallest, alternatives
     if alternatives:
         fitting = []
         for name, other in sorted(alternatives.items()):
-            if name == pool.name:
-                continue
+            if name == pool.name or other.gpus_per_node < spec.hardware.gpus_per_node:
+                continue  # a pool whose nodes cannot host the run's gpusPerNode is no way out
             plan = make_plan(spec, other)
             if plan.fits:
                 fitting.append((other.memory_gib, name, plan))
