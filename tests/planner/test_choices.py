@@ -21,6 +21,7 @@ def test_explicit_precision_is_honoured(pools):
 def test_bf16_on_a_pool_without_it_is_refused(pools):
     plan = make_plan(make_spec(run("esm2-mlm", "rtx2080super", training={"precision": "bf16"})), pools["rtx2080super"])
     assert not plan.fits and "has no bf16" in plan.refusal
+    assert plan.refusal.startswith("training.precision: bf16 ") and "set training.precision: fp16 or auto" in plan.refusal
 
 
 def test_auto_precision_and_attention_follow_the_pool(pools):

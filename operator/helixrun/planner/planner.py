@@ -168,7 +168,10 @@ def _precision(spec, pool: Pool) -> tuple[str, list[str], str | None]:
         notes.append(f"{pool.name} has no bf16: fp16 autocast with a dynamic grad scaler (torch.amp.GradScaler)")
         return "fp16", notes, None
     if wanted == "bf16" and not pool.bf16:
-        return "bf16", notes, f"precision bf16 was asked for but pool {pool.name} ({pool.gpu_product}) has no bf16: use fp16 or auto"
+        return "bf16", notes, (
+            f"training.precision: bf16 was asked for but pool {pool.name} ({pool.gpu_product}) has no bf16: "
+            "set training.precision: fp16 or auto"
+        )
     if wanted == "fp16":
         notes.append("fp16 autocast with a dynamic grad scaler (torch.amp.GradScaler)")
     return wanted, notes, None
