@@ -34,6 +34,12 @@ def finished_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.parametrize("command", [("watch", "--once"), ("plot", "--prometheus", "http://127.0.0.1:9")])
+def test_watch_and_plot_refuse_to_guess_the_run(command):
+    proc = helixrun(*command)
+    assert proc.returncode != 0 and "name the run (RUN) or a local run folder (--dir DIR)" in proc.stderr
+
+
 def test_plot_writes_a_png_with_labelled_axes(finished_run, tmp_path):
     from PIL import Image
 

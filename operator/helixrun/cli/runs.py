@@ -411,6 +411,13 @@ def _target(args) -> str | None:
     return getattr(args, "dir", None) or getattr(args, "run", None)
 
 
+def _one_run(args, command: str) -> str:
+    target = _target(args)
+    if not target:  # following "whichever run the API lists first" would be a guess
+        raise SystemExit(f"helixrun {command}: name the run (RUN) or a local run folder (--dir DIR)")
+    return target
+
+
 def _views(args) -> list[RunView]:
     target = _target(args)
     if is_local(target):
@@ -440,6 +447,7 @@ def cmd_watch(args) -> int:
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    _one_run(args, "watch")
     console = Console(width=args.width) if args.width else Console()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), console=console, auto_refresh=False)
@@ -478,7 +486,7 @@ def cmd_watch(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    target = _target(args)
+    target = _one_run(args, "plot")
     if is_local(target):
         curves = local_curves(target)
         view = local_view(target)
