@@ -33,8 +33,18 @@ def test_auto_precision_and_attention_follow_the_pool(pools):
 
 
 def test_large_full_runs_on_several_gpus_start_at_zero2(pools):
+    """The ladder tries ZeRO-2 first for billion-parameter models; the faster setup that fits wins, ties to ZeRO-2."""
+    from helixrun.planner.planner import Setup, _ladder
+
+    assert _ladder("full", False, 2_800_000_000, 8)[0] == Setup("full", 2)
     spec = make_spec(run("esm2-mlm", "a800", model={"name": "facebook/esm2_t36_3B_UR50D"}, hardware={"gpusPerNode": 8}))
     plan = make_plan(spec, pools["a800"])
+    # DDP fits at micro-batch 7 (one all-reduce per step) and beats ZeRO-2 at micro-batch 16 (collectives on each
+    # of the micro-batches) by the planner's estimate.
+    assert plan.fits and (plan.distributed, plan.zero_stage, plan.offload) == ("ddp", 0, False)
+    assert any("chosen over full, ZeRO-2, which fits at micro-batch 16" in n for n in plan.notes)
+    bigger = make_spec(run("metagene-classification", "a800", model={"method": "full"}, hardware={"gpusPerNode": 8}))
+    plan = make_plan(bigger, pools["a800"])  # 7B: DDP's 16 B/param do not fit 80 GiB
     assert plan.fits and (plan.distributed, plan.zero_stage, plan.offload) == ("deepspeed", 2, False)
     assert any("FSDP2" in n for n in plan.notes), "the plan says how the trainer runs ZeRO-2"
     small = make_plan(make_spec(run("esm2-mlm", "a800", hardware={"gpusPerNode": 8})), pools["a800"])

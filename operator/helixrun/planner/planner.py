@@ -1,8 +1,9 @@
 """The hardware planner: (run spec, pool) -> Plan, pure and deterministic.
 
 The run's spec arrives merged with its recipe's defaults. The planner walks a
-ladder of setups from cheapest in compute to most frugal in memory and takes
-the first that fits, with the largest micro-batch that fits:
+ladder of setups from cheapest in compute to most frugal in memory and, among
+those that fit (each at the largest micro-batch that fits), takes the one with
+the smallest estimated step time (ties: the earlier rung):
 
   full:  DDP -> DDP + checkpointing -> ZeRO-2 -> ZeRO-2 + checkpointing
          -> ZeRO-2 + CPU offload (if host memory allows) -> ... + checkpointing
@@ -316,6 +317,25 @@ def _flops_per_token(ctx: Context, setup: Setup) -> float:
     return total
 
 
+def _tokens_per_step(batching: Batching, seq_len: int) -> int:
+    samples_per_step = batching.effective if batching.unit == "samples" else batching.effective // seq_len
+    return samples_per_step * seq_len
+
+
+def _step_seconds(spec, ctx: Context, setup: Setup, batching: Batching) -> float:
+    """Estimated seconds per optimizer step: compute at the assumed MFU, + CPU offload, + gradient communication."""
+    main = ctx.main.arch
+    p_train, _ = _trainable(ctx, setup)
+    mfu = timing.assumed_mfu(main.family, main.params(ctx.main.head), setup.method)
+    tflops = timing.effective_tflops(ctx.pool.peak_tflops, ctx.precision, ctx.tf32)
+    step = _tokens_per_step(batching, ctx.seq_len) * _flops_per_token(ctx, setup) / (ctx.world * tflops * 1e12 * mfu)
+    if setup.offload:
+        step += timing.offload_seconds_per_step(p_train, ctx.world, batching.grad_accum)
+    step += timing.sync_seconds_per_step(p_train, ctx.world, spec.hardware.nodes, ctx.pool.nvlink, bool(setup.zero_stage),
+                                         batching.grad_accum)
+    return step
+
+
 def _checkpoint_bytes(ctx: Context, setup: Setup) -> int:
     p_train, t_train = _trainable(ctx, setup)
     per_param = 4 + 8  # fp32 weights + AdamW exp_avg, exp_avg_sq (FSDP2 shards save the same bytes)
@@ -358,7 +378,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
 
     cap = _cap(spec, world, seq_len)
     ladder = _ladder(method, allow_qlora, p_main, world)
-    chosen: tuple[Setup, int] | None = None
+    fitting: list[tuple[Setup, int, float]] = []  # (setup, largest micro-batch, estimated step seconds), ladder order
     tried: list[tuple[Setup, MemoryEstimate]] = []
     host_gib = HOST_GIB_PER_GPU * pool.gpus_per_node
     skipped_offload: float | None = None
@@ -373,8 +393,10 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
         tried.append((setup, estimate(ctx, setup, 1)))
         micro = _largest_micro_batch(ctx, setup, cap)
         if micro:
-            chosen = (setup, micro)
-            break
+            fitting.append((setup, micro, _step_seconds(spec, ctx, setup, _batching(spec, world, seq_len, micro))))
+    # Among the setups that fit, the fastest by the estimate below (ties: the earlier rung). Checkpointing or
+    # offload can win: a larger micro-batch means fewer per-micro-batch transfers (PCIe, ZeRO-2 collectives).
+    chosen = min(fitting, key=lambda f: f[2]) if fitting else None
 
     base = dict(
         precision=precision, tf32=ctx.tf32, attention=ctx.attention, world_size=world, seq_len=seq_len,
@@ -399,10 +421,16 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
             trainable_params=p_train, load_dtype=_load_dtype(setup, precision), notes=notes, **base,
         )
 
-    setup, max_micro = chosen
+    setup, max_micro, _ = chosen
+    first_setup, first_micro, first_step = fitting[0]
     if setup.method != method:
         notes.append(f"switched {method} -> {setup.method} (allowQLoRA): LoRA on a half-precision base does not fit {pool.name}")
-    if setup.checkpointing:
+    if setup is not first_setup:
+        notes.append(
+            f"{setup.describe()} (micro-batch {max_micro}) chosen over {first_setup.describe()}, which fits at "
+            f"micro-batch {first_micro}: ~{chosen[2]:.0f} s per step against ~{first_step:.0f} s by this estimate"
+        )
+    if setup.checkpointing and not any(f[0] == Setup(setup.method, setup.zero_stage, setup.offload) for f in fitting):
         notes.append(f"gradient checkpointing on: without it not even micro-batch 1 fits {pool.memory_gib:g} GiB")
     if setup.offload:
         notes.append(
@@ -424,14 +452,9 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
 
     flops = _flops_per_token(ctx, setup)
     mfu = timing.assumed_mfu(main.family, p_main, setup.method)
-    samples_per_step = batching.effective if batching.unit == "samples" else batching.effective // seq_len
-    tokens_per_step = samples_per_step * seq_len
     tflops = timing.effective_tflops(pool.peak_tflops, precision, ctx.tf32)
-    step = tokens_per_step * flops / (world * tflops * 1e12 * mfu)
-    if setup.offload:
-        step += timing.offload_seconds_per_step(p_train, world, batching.grad_accum)
-    step += timing.sync_seconds_per_step(p_train, world, spec.hardware.nodes, pool.nvlink, bool(setup.zero_stage),
-                                         batching.grad_accum)
+    tokens_per_step = _tokens_per_step(batching, seq_len)
+    step = _step_seconds(spec, ctx, setup, batching)
     total_steps = spec.training.max_steps
     total = step * total_steps if total_steps else None
     if total is None:
