@@ -68,6 +68,17 @@ def test_metagene_labels_from_a_mapping_file_and_long_reads_truncated(tmp_path):
     assert data.split_mapping["classes"] == ["X", "Y"]
 
 
+def test_metagene_label_file_errors_name_the_line_a_person_sees(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "reads.fasta").write_text(">g1\nACGT\n>g2\nGGCC\n")
+    (tmp_path / "data" / "labels.csv").write_text('id,label\n\ng1,"X\nY"\n\ng2,\n')
+    with pytest.raises(DataError, match=r"labels\.csv:6: empty id or label"):
+        build("metagene-classification", tmp_path, "data.path=reads.fasta", "data.options.labels=labels.csv")
+    (tmp_path / "data" / "labels.csv").write_text("id,label\n")
+    with pytest.raises(DataError, match=r"labels\.csv: no labels below the header"):
+        build("metagene-classification", tmp_path, "data.path=reads.fasta", "data.options.labels=labels.csv")
+
+
 def test_metagene_eval_label_unknown_to_training_is_an_error(tmp_path):
     folder = tmp_path / "data" / "reads"
     folder.mkdir(parents=True)

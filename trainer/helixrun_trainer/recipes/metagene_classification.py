@@ -114,18 +114,22 @@ def label_from_header(description: str) -> str | None:
 
 
 def read_label_file(path: Path) -> dict[str, str]:
+    """{read id: label} from a CSV or TSV with an id and a label column; errors name the file and line."""
     if not path.is_file():
         raise DataError(f"data.options.labels: {path} does not exist")
-    text = path.read_text()
-    dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    if not rows or not {"id", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: a labels file needs a header with columns id and label")
-    out = {}
-    for line, row in enumerate(rows, 2):
-        if not row["id"] or not row["label"]:
-            raise DataError(f"{path}:{line}: empty id or label")
-        out[row["id"]] = row["label"]
+    with open(path, newline="") as handle:
+        dialect = "excel-tab" if "\t" in handle.readline() else "excel"
+        handle.seek(0)
+        reader = csv.DictReader(handle, dialect=dialect)
+        if not {"id", "label"} <= set(reader.fieldnames or ()):
+            raise DataError(f"{path}: a labels file needs a header with columns id and label")
+        out = {}
+        for row in reader:  # line_num, not a row count: right after blank lines and multi-line quoted fields
+            if not row["id"] or not row["label"]:
+                raise DataError(f"{path}:{reader.line_num}: empty id or label")
+            out[row["id"]] = row["label"]
+    if not out:
+        raise DataError(f"{path}: no labels below the header")
     return out
 
 
