@@ -89,6 +89,19 @@ def test_two_ranks_agree_and_commit_only_after_both_parts(run_file, tmp_path):
     assert_bitwise_equal(final_weights(reference), final_weights(resumed), "2-rank final weights after resume")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("async_save", ["0", "1"])
+def test_a_failed_checkpoint_writer_fails_every_rank_as_permanent(run_file, tmp_path, async_save):
+    # Rank 1's disk "fails" writing step 10. Rank 0 must not read that as a lost peer (129, retried into
+    # the same failure): both ranks stop with the failure's code, and nothing half-written is committed.
+    t = Ranks(run_file, tmp_path, HELIXRUN_TEST_FAIL="10:parts@1", HELIXRUN_ASYNC_CHECKPOINT=async_save)
+    assert t.wait() == [1, 1], t.log[-4000:]
+    assert "another rank failed writing checkpoint step 10" in t.procs[0].log
+    assert "injected failure at step 10 (parts) on rank 1" in t.procs[1].log
+    committed = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    assert committed == ["step-00000005"]
+
+
 def fsdp_config(run_file, workdir, gpus: int = 2, **plan) -> Path:
     """A pod-mode config whose plan shards (the planner picks FSDP or ZeRO only for models that need it)."""
     args = argparse.Namespace(file=run_file, workdir=workdir, tiny=True, pools=None,

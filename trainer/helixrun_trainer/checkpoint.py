@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import torch
 
-from helixrun_trainer.distributed import DistEnv, barrier
+from helixrun_trainer.distributed import DistEnv, barrier, flags_any
 from helixrun_trainer.faults import pause_point
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class CorruptCheckpoint(Exception):
 
 
 # -- durable file writes -----------------------------------------------------
+
+
+class CheckpointWriteFailed(OSError):
+    """Another rank's checkpoint writer failed; this rank's own part is fine."""
 
 
 class _HashingWriter:
@@ -350,7 +354,12 @@ class CheckpointManager:
             sharded(tmp / "dcp")
         shared_state = shared() if self.env.is_main else None
         if not self.async_save:
-            files = self._write_files(tmp, step, shared_state, part)
+            files, error = None, None
+            try:
+                files = self._write_files(tmp, step, shared_state, part)
+            except Exception as exc:  # settled across ranks first, so no peer waits on this one forever
+                error = exc
+            self._settle_writers(step, error)
             self._finalize(tmp, step, files, metrics, meta)
             return
         pending = _Pending(step=step, tmp=tmp, metrics=metrics, meta=meta)
@@ -381,9 +390,18 @@ class CheckpointManager:
         if pending is None:
             return
         pending.thread.join()
-        if pending.error is not None:
-            raise pending.error
+        self._settle_writers(pending.step, pending.error)
         self._finalize(pending.tmp, pending.step, pending.files, pending.metrics, pending.meta)
+
+    def _settle_writers(self, step: int, error: BaseException | None) -> None:
+        """Every rank learns whether some rank's writer failed. Otherwise its peers would wait in
+        _finalize's barrier until the process-group timeout and exit as if a peer were lost (retryable),
+        restarting into the same failure."""
+        (failed,) = flags_any(self.env, error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise CheckpointWriteFailed(f"another rank failed writing checkpoint step {step}: see its log")
 
     def _write_files(self, tmp: Path, step: int, shared_state: dict | None, part: dict) -> dict:
         """This rank's files, durably; no collectives (runs in the async writer thread too)."""
