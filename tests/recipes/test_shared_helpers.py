@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helixrun_trainer.recipes.base import in_eval_split, write_atomically
+from helixrun_trainer.files import write_atomically
+from helixrun_trainer.recipes.base import in_eval_split
 
 KEYS = [f"read{i}" for i in range(2000)]
 fractions = st.floats(min_value=0.0, max_value=1.0)

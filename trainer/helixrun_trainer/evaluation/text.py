@@ -30,6 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from helixrun_trainer.files import write_atomically
+
 BLEU_WEIGHTS = {
     "bleu1": (1.0, 0.0, 0.0, 0.0),
     "bleu2": (0.5, 0.5, 0.0, 0.0),
@@ -101,15 +103,11 @@ def _debian_layout(source: Path) -> Path:
         copy = target / item.name
         if not copy.exists() or copy.stat().st_size != item.stat().st_size:
             # Copies, not symlinks: NLTK refuses files whose real path leaves the corpus root.
-            tmp = copy.with_name(f".{item.name}.{os.getpid()}")
-            shutil.copyfile(item, tmp)
-            tmp.replace(copy)
+            write_atomically(copy, lambda staging, item=item: shutil.copyfile(item, staging))
     lexnames = target / "lexnames"
     if not lexnames.exists():
         text = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
-        tmp = lexnames.with_suffix(f".{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(lexnames)
+        write_atomically(lexnames, lambda staging: staging.write_text(text))
     return target
 
 

@@ -42,7 +42,6 @@ Rules the runtime relies on (exact resume depends on them):
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
@@ -140,14 +139,6 @@ def on_data_volume(raw: str, data_dir: Path) -> Path:
     """A path from the spec (data.path, data.options.labels, ...): absolute as given, else relative to data_dir."""
     path = Path(raw)
     return path if path.is_absolute() else Path(data_dir) / path
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write` fills a staging file private to this process, which then replaces `path` in one rename: ranks
-    writing the same file at once never mix their bytes, and a reader sees a whole file, old or new."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(staging)
-    os.replace(staging, path)
 
 
 def in_eval_split(key: str, fraction: float) -> bool:

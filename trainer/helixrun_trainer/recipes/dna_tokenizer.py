@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from helixrun_trainer.recipes.base import write_atomically
+from helixrun_trainer.files import write_atomically
 
 # METAGENE-1: pad 0, unk 1, sep 2, bos 3, eos 4, mask 5; vocab 1024.
 METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from helixrun_trainer.errors import DataError
-from helixrun_trainer.recipes.base import (LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path,
-                                          write_atomically)
+from helixrun_trainer.files import write_atomically
+from helixrun_trainer.recipes.base import LossOutput, RecipeBase, RecipeData, in_eval_split, resolve_data_path
 
 # facebook/esm2_* vocab.txt, in id order.
 ESM_ALPHABET = (

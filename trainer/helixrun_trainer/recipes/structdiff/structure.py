@@ -23,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from helixrun_trainer.recipes.base import write_atomically
+from helixrun_trainer.files import write_atomically
 
 log = logging.getLogger(__name__)
 
