@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "run-esm2.yaml"
@@ -73,24 +74,21 @@ class Trainer:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_for_file(self, path: Path) -> None:
+    def _wait_until(self, what: str, ready: Callable[[], object]):
         deadline = time.monotonic() + PROCESS_TIMEOUT
-        while not path.exists():
+        while not (result := ready()):
             if self.proc.poll() is not None:
-                raise AssertionError(f"trainer exited {self.proc.returncode} before {path.name} appeared:\n{self.log[-3000:]}")
+                raise AssertionError(f"trainer exited {self.proc.returncode} before {what}:\n{self.log[-3000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{path.name} never appeared:\n{self.log[-3000:]}")
+                raise AssertionError(f"never {what}:\n{self.log[-3000:]}")
             time.sleep(0.02)
+        return result
+
+    def wait_for_file(self, path: Path) -> None:
+        self._wait_until(f"{path.name} appeared", path.exists)
 
     def wait_for_log(self, pattern: str) -> re.Match:
-        deadline = time.monotonic() + PROCESS_TIMEOUT
-        while not (match := re.search(pattern, self.log)):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"trainer exited {self.proc.returncode} before logging {pattern!r}:\n{self.log[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"trainer never logged {pattern!r}:\n{self.log[-3000:]}")
-            time.sleep(0.02)
-        return match
+        return self._wait_until(f"logging {pattern!r}", lambda: re.search(pattern, self.log))
 
     def wait_paused(self, step: int, phase: str, rank: int = 0) -> None:
         self.wait_for_file(self.workdir / "checkpoints" / f"PAUSED-{step}-{phase}-r{rank}")

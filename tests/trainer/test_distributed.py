@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.cluster.controlplane import free_ports
 from tests.trainer.harness import assert_bitwise_equal, final_weights, losses, start_trainer, train_command
 
 from helixrun_trainer import cli
 from helixrun_trainer.distributed import read_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Ranks:
@@ -29,7 +23,7 @@ class Ranks:
 
     def __init__(self, run_file, workdir, pause: str | None = None, cmd: list[str] | None = None, **env: str):
         cmd = cmd or train_command(run_file, workdir, "hardware.gpusPerNode=2")
-        port = str(free_port())
+        (port,) = map(str, free_ports(1))
         self.procs = [
             start_trainer(cmd, workdir, pause=pause, log_name=f"rank{r}.log", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK="0", **env)
