@@ -1,12 +1,12 @@
 # helixrun developer entry points. README.md names the two a newcomer types:
 #   make demo   set up, then train the GeneChat example locally (--tiny, CPU, no cluster)
-#   make test   set up, build the test control plane, run every test
+#   make test   set up, build the test control plane, fetch Prometheus, run every test
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 RUN_DIR    ?= runs/genechat
 
-.PHONY: setup demo test test-unit render lint clean
+.PHONY: setup debian-packages demo test test-unit render lint clean
 
 setup: $(VENV)/.installed
 
@@ -16,13 +16,18 @@ $(VENV)/.installed: operator/pyproject.toml trainer/pyproject.toml .ci/requireme
 	$(PIP) install --quiet -r .ci/requirements-test.txt -e 'operator[operator,cli]' -e trainer
 	touch $@
 
-demo: setup
-	$(VENV)/bin/helixrun-train --local -f examples/run-genechat.yaml --workdir $(RUN_DIR) --tiny
+# Prometheus + promtool (observability tests) and WordNet 3.0 (METEOR): pinned Debian packages unpacked
+# without root into ~/.cache/helixrun/debian/ (tests/debian says why not a Go build: seconds against minutes).
+debian-packages: setup
+	$(PY) -m tests.debian fetch
+
+demo: setup debian-packages
+	HELIXRUN_WORDNET_DIR="$$($(PY) -m tests.debian path wordnet)" $(VENV)/bin/helixrun-train --local -f examples/run-genechat.yaml --workdir $(RUN_DIR) --tiny
 
 render: setup
 	$(VENV)/bin/helixrun render -f examples/run-genechat.yaml
 
-test: setup cluster-bin
+test: setup cluster-bin debian-packages
 	$(PY) -m pytest
 
 test-unit: setup

@@ -1,4 +1,4 @@
-"""Processes the observability tests run for real: Prometheus (Debian's binary),
+"""Processes the observability tests run for real: Prometheus (Debian's binary, tests/debian),
 local trainers (helixrun-train --local --tiny) and the operator's metrics server.
 
 Every wait polls with a bound on both attempts and time; nothing sleeps blindly.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+
+from tests.debian import require
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -57,26 +58,6 @@ def poll(what: str, check: Callable[[], object], timeout: float = 60.0, interval
 def http_get(url: str, timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
-
-
-NO_PROMETHEUS = "needs Debian's prometheus package (apt-get install prometheus: prometheus and promtool)"
-
-
-def require(binary: str | None) -> str:
-    """The binary, or a test failure (never a skip: CI installs it, .ci/apt-packages.txt)."""
-    if binary is None:
-        import pytest
-
-        pytest.fail(NO_PROMETHEUS, pytrace=False)
-    return binary
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus") or (os.path.exists("/usr/bin/prometheus") and "/usr/bin/prometheus") or None
-
-
-def promtool_binary() -> str | None:
-    return shutil.which("promtool") or (os.path.exists("/usr/bin/promtool") and "/usr/bin/promtool") or None
 
 
 class Process:
@@ -124,7 +105,7 @@ class Process:
 
 class Prometheus(Process):
     def __init__(self, workdir: Path, scrape_configs: list[dict], rules: dict | None = None):
-        binary = require(prometheus_binary())
+        binary = require("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -14,7 +14,7 @@ import yaml
 
 from helixrun.telemetry import alerts
 
-from .harness import promtool_binary, require
+from tests.debian import require
 
 
 R = 'namespace="ns",run="r"'
@@ -108,7 +108,7 @@ def test_rule_with_default_windows(case, tmp_path):
                    "alert_rule_test": checks}],
     }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
-    proc = subprocess.run([require(promtool_binary()), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([require("promtool"), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, f"{case}:\n{proc.stdout}{proc.stderr}"
 

@@ -12,7 +12,7 @@ from helixrun.metrics_contract import OPERATOR_METRICS, TRAINER_METRICS
 from helixrun.telemetry import alerts, dashboards, dcgm, metrics_doc
 from helixrun.telemetry.promql import exposition_names, metric_names
 
-from .harness import promtool_binary, require
+from tests.debian import require
 
 CHART = dashboards.CHART_DIR
 CONTRACT_NAMES = set().union(*(exposition_names(m) for m in TRAINER_METRICS + OPERATOR_METRICS))
@@ -103,7 +103,7 @@ def test_the_dashboards_cover_what_the_issue_asks_for():
 def test_promtool_accepts_the_rules(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(alerts.rules_file()))
-    proc = subprocess.run([require(promtool_binary()), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([require("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(alerts.ALERTS)} rules found" in proc.stdout
 

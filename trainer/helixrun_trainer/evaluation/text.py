@@ -11,13 +11,14 @@ over sentences. It is not the canonical METEOR 1.5 jar, so figures differ from a
 jar-based paper number by a few hundredths; GeneChat did not publish which it
 used. WordNet comes from, in order:
 
-1. `$HELIXRUN_WORDNET_DIR` (a directory with WordNet 3.0's dict files),
+1. `$HELIXRUN_WORDNET_DIR` (a directory with WordNet 3.0's dict files), which
+   `make demo` sets to the WordNet that `make debian-packages` unpacked,
 2. NLTK's own `corpora/wordnet` if installed in an nltk_data path,
 3. Debian's `wordnet-base` package (/usr/share/wordnet), the default in our
-   images and CI: `apt-get install wordnet-base`. Its dict files are the
-   WordNet 3.0 database NLTK reads; the package lacks the `lexnames` table
-   (compiled into libwordnet), so we write it (a fixed list of 45 lexicographer
-   file names, lexnames(5WN)) beside a copy of the files in a cache directory
+   images: `apt-get install wordnet-base`. Its dict files are the WordNet 3.0
+   database NLTK reads; the package lacks the `lexnames` table (compiled into
+   libwordnet), so we write it (a fixed list of 45 lexicographer file names,
+   lexnames(5WN)) beside a copy of the files in a cache directory
    ($XDG_CACHE_HOME or the temp directory, `helixrun-wordnet/`).
 """
 
@@ -104,11 +105,15 @@ def _debian_layout(source: Path) -> Path:
         if not copy.exists() or copy.stat().st_size != item.stat().st_size:
             # Copies, not symlinks: NLTK refuses files whose real path leaves the corpus root.
             write_atomically(copy, lambda staging, item=item: shutil.copyfile(item, staging))
-    lexnames = target / "lexnames"
-    if not lexnames.exists():
-        text = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
-        write_atomically(lexnames, lambda staging: staging.write_text(text))
+    if not (target / "lexnames").exists():
+        write_lexnames(target)
     return target
+
+
+def write_lexnames(directory: Path) -> None:
+    """WordNet's `lexnames` table into `directory`, completing Debian's dict files for NLTK's reader."""
+    text = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
+    write_atomically(directory / "lexnames", lambda staging: staging.write_text(text))
 
 
 @functools.cache
