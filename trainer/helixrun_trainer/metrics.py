@@ -3,6 +3,7 @@ TensorBoard events, and a log line per logged step (a progress bar in a terminal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -143,17 +144,22 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class ProgressLog:
-    """Plain log lines in a pod; a progress bar when stderr is a terminal."""
+    """Plain log lines in a pod; a progress bar when stderr is a terminal, with log lines printed above it."""
 
     def __init__(self, total_steps: int, start_step: int, enabled: bool):
         self.total, self.enabled = total_steps, enabled
         self.bar = None
         self.t0, self.s0 = time.monotonic(), start_step
+        self._redirect = contextlib.ExitStack()
         if enabled and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
 
                 self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+                # While the bar is shown, log lines go through tqdm.write: it clears the bar, prints the line and
+                # redraws the bar below, instead of the line starting where the bar's text ends. close() undoes it.
+                self._redirect.enter_context(logging_redirect_tqdm())
             except ImportError:
                 pass
 
@@ -184,5 +190,6 @@ class ProgressLog:
             log.info("%s", text)
 
     def close(self) -> None:
+        self._redirect.close()
         if self.bar is not None:
             self.bar.close()
