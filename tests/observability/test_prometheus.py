@@ -2,7 +2,7 @@
 every dashboard query and alert expression goes through its HTTP API, and the
 stall and NaN alerts fire.
 
-Needs Debian's `prometheus` (apt-get install prometheus); no cluster.
+Needs Debian's prometheus 2.42, which `make debian-packages` unpacks (tests/debian); no cluster.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def wordnet():
     if root is None or not (root / "data.noun").exists() and not str(root).endswith(".zip"):
         raise WordNetMissing(
             "METEOR needs WordNet 3.0: install Debian's wordnet-base (apt-get install wordnet-base), "
-            "or point HELIXRUN_WORDNET_DIR at a directory holding WordNet's dict files"
+            "or point HELIXRUN_WORDNET_DIR at a directory holding WordNet's dict files "
+            "(`make demo` points it at the one `make debian-packages` unpacks)"
         )
     if (root / "data.noun").exists() and not (root / "lexnames").exists():
         root = _debian_layout(root)
