@@ -1,24 +1,36 @@
 """GPU pools: cluster configuration the operator reads, never per-run YAML.
 
-A pool names a kind of GPU node: how pods land there (node selector, tolerations)
-and what the planner may assume (memory, precision support, throughput, price).
+A pool names a kind of GPU node: how pods land there (node selector, tolerations),
+what the planner may assume (memory, precision support, throughput, price), and
+the host CPU and memory a run takes per GPU it uses (Kubernetes quantities: the
+pods request them, and CPU offload may use that memory). Per GPU, so a 1-GPU run
+on an 8-GPU node takes an eighth and runs pack; a run may override both in
+spec.hardware.
+
 The operator reads pools from a file (the chart mounts its `pools` value as one);
 `helixrun render --pools FILE` reads the same format.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from helixrun import quantity
+
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
 # GPU nodes are commonly tainted so only GPU work lands there; tolerating the taint
 # is harmless where it is absent.
 DEFAULT_TOLERATIONS = ({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},)
+# Host share per GPU of a pool file that does not state one (what every pod requested before pools could say).
+DEFAULT_CPU_PER_GPU = "4"
+DEFAULT_MEMORY_PER_GPU = "24Gi"
 
 
 class Pool(BaseModel):
@@ -34,12 +46,32 @@ class Pool(BaseModel):
     nvlink: bool
     peak_tflops: float = Field(alias="peakTFLOPS", gt=0)
     price_per_gpu_hour: float | None = Field(default=None, alias="pricePerGPUHour", ge=0)
+    cpu_per_gpu: quantity.Quantity = Field(default=DEFAULT_CPU_PER_GPU, alias="cpuPerGPU")
+    memory_per_gpu: quantity.Quantity = Field(default=DEFAULT_MEMORY_PER_GPU, alias="memoryPerGPU")
     extra_node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: tuple[dict, ...] = DEFAULT_TOLERATIONS
 
     @property
     def node_selector(self) -> dict[str, str]:
         return {GPU_PRODUCT_LABEL: self.gpu_product, **self.extra_node_selector}
+
+
+@dataclass(frozen=True)
+class HostShare:
+    """Host CPU (cores) and memory (bytes) one GPU of a run brings with it: the run's own, else its pool's."""
+
+    cpu: Decimal
+    memory: Decimal
+
+    @classmethod
+    def of(cls, pool: Pool, hardware) -> "HostShare":
+        """`hardware` is the run's typed spec.hardware (cpu_per_gpu / memory_per_gpu may be unset)."""
+        return cls(cpu=quantity.parse(hardware.cpu_per_gpu or pool.cpu_per_gpu),
+                   memory=quantity.parse(hardware.memory_per_gpu or pool.memory_per_gpu))
+
+    @property
+    def memory_gib(self) -> float:
+        return float(self.memory / quantity.GIB)
 
 
 class PoolConfigError(ValueError):

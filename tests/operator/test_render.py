@@ -77,7 +77,7 @@ def test_every_pool_places_pods_on_its_gpus(pool):
     assert job["spec"]["nprocPerNode"] == str(gpus)
     (spec,) = pod_specs(job)
     assert spec["nodeSelector"] == default_pools()[pool].node_selector
-    assert spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": gpus}
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == gpus
 
 
 def test_single_node_run_has_only_a_master():

@@ -24,7 +24,7 @@ def test_plan_json_for_the_runs_pool(capsys):
 def test_refused_plan_exits_3_and_prints_the_ways_out(capsys):
     assert main(["plan", "-f", str(RUNS / "metagene-full-rtx4090.yaml")]) == 3
     out = capsys.readouterr().out
-    assert "refused" in out and "method lora" in out and "a800" in out
+    assert "refused" in out and "method lora" in out and "spec.hardware.memoryPerGPU" in out
 
 
 def test_all_pools_table_lists_every_pool(capsys):

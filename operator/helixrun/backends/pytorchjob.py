@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from helixrun import quantity
 from helixrun.backends import JobState
+from helixrun.pools import GPU_RESOURCE, HostShare
 from helixrun.resolve import CONFIG_DIR, CONFIG_FILE, POD_PATHS
 from helixrun.telemetry import scrape
 
@@ -26,8 +28,6 @@ PHASES = {
     "Suspended": "Suspended",
 }
 TRAINER_UID = 1000
-CPU_PER_GPU = "4"
-MEMORY_PER_GPU = "24Gi"
 # Env we set unless the user already did (the training-operator owns PET_*, MASTER_*, RANK, WORLD_SIZE).
 OWN_ENV = {
     "HF_HOME": f"{POD_PATHS.model_cache}/huggingface",
@@ -46,6 +46,17 @@ def _env(run: "ResolvedRun") -> list[dict]:
         {"name": "HELIXRUN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     return user + ours + identity
+
+
+def _resources(run: "ResolvedRun") -> dict:
+    """The host share of the GPUs the pod uses; memory limited to it (CPU not: throttling stalls collectives)."""
+    gpus = run.spec["hardware"]["gpusPerNode"]
+    share = HostShare.of(run.pool, run.typed_spec.hardware)
+    memory = quantity.memory(share.memory * gpus)
+    return {
+        "requests": {"cpu": quantity.cpu(share.cpu * gpus), "memory": memory},
+        "limits": {"memory": memory, GPU_RESOURCE: gpus},
+    }
 
 
 def _volumes(run: "ResolvedRun") -> tuple[list[dict], list[dict]]:
@@ -88,10 +99,7 @@ def pod_template(run: "ResolvedRun", settings: "RenderSettings") -> dict:
         # One exporter per process: torchrun's local rank i serves port + i (docs/METRICS.md).
         "ports": scrape.container_ports(port, gpus)
         + [{"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}],
-        "resources": {
-            "requests": {"cpu": str(int(CPU_PER_GPU) * gpus), "memory": f"{int(MEMORY_PER_GPU[:-2]) * gpus}Gi"},
-            "limits": {"nvidia.com/gpu": gpus},
-        },
+        "resources": _resources(run),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,

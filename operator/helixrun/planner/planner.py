@@ -26,13 +26,12 @@ from helixrun.planner import memory as mem
 from helixrun.planner import timing
 from helixrun.planner.models import Architecture, Component, Composition, compose
 from helixrun.planner.plan import MemoryEstimate, Plan
-from helixrun.pools import Pool
+from helixrun.pools import HostShare, Pool
 
 CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace: never in max_memory_allocated, always on the GPU
 NCCL_GIB = 0.5  # NCCL communicator buffers when world > 1
 FRAGMENTATION = 0.10  # caching-allocator fragmentation, as a share of what is allocated
 USABLE_FRACTION = 0.95  # safety margin: plan to at most 95 % of the pool's memory
-HOST_GIB_PER_GPU = 32.0  # host memory assumed per GPU for CPU offload (pools do not declare it yet)
 LARGE_MODEL_PARAMS = 1_000_000_000  # full training at this size on >1 GPU goes straight to ZeRO-2
 DEFAULT_LORA = {"llama": ("q_proj", "v_proj"), "esm": ("query", "value")}
 
@@ -380,14 +379,17 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     ladder = _ladder(method, allow_qlora, p_main, world)
     fitting: list[tuple[Setup, int, float]] = []  # (setup, largest micro-batch, estimated step seconds), ladder order
     tried: list[tuple[Setup, MemoryEstimate]] = []
-    host_gib = HOST_GIB_PER_GPU * pool.gpus_per_node
+    # CPU offload may use the host memory the run's pods request: memoryPerGPU (the run's, else the pool's) per GPU.
+    share = HostShare.of(pool, spec.hardware)
+    host_gib = share.memory_gib * spec.hardware.gpus_per_node
     skipped_offload: float | None = None
     for setup in ladder if precision_refusal is None else []:
         if setup.offload and host_memory_needed_gib(ctx, setup) > host_gib:
             skipped_offload = host_memory_needed_gib(ctx, setup)
             notes.append(
                 f"{setup.describe()}: needs ~{host_memory_needed_gib(ctx, setup):.0f} GiB of host memory per node, "
-                f"more than the {host_gib:.0f} GiB assumed ({HOST_GIB_PER_GPU:.0f} GiB per GPU)"
+                f"more than the {host_gib:.0f} GiB its pods take ({share.memory_gib:g} GiB memoryPerGPU x "
+                f"{spec.hardware.gpus_per_node} GPUs)"
             )
             continue
         tried.append((setup, estimate(ctx, setup, 1)))
@@ -401,7 +403,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     base = dict(
         precision=precision, tf32=ctx.tf32, attention=ctx.attention, world_size=world, seq_len=seq_len,
         memory_limit_gib=round(_limit(pool), 2), total_params=sum(c.arch.params(c.head) for c in composition.components),
-        host_memory_gib=host_gib,
+        host_memory_gib=host_gib, init=spec.model.init or "pretrained",
     )
     if chosen is None:
         smallest = min(tried, key=lambda t: t[1].total) if tried else None
@@ -409,7 +411,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
         if skipped_offload is not None and precision_refusal is None:
             refusal += (
                 f" (ZeRO-2 CPU offload was not tried: it needs ~{skipped_offload:.0f} GiB of host memory per node, "
-                f"{host_gib:.0f} GiB assumed)"
+                f"{host_gib:.0f} GiB requested: raise spec.hardware.memoryPerGPU if the nodes have it)"
             )
         setup = smallest[0] if smallest else Setup(method)
         p_train, _ = _trainable(ctx, setup)
