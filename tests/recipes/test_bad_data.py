@@ -144,7 +144,8 @@ def test_ptm_mamba_missing_column_and_too_long(tmp_path):
     write_csv(tmp_path / "data" / "mamba.csv", [("p1", "MKL")], header="unique_id,sequence")
     with pytest.raises(DataError, match="no column 'ptm_seq'"):
         build("ptm-mamba", tmp_path)
-    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MK" * (5 + 40 * (i == 3))) for i in range(10)])
+    write_csv(tmp_path / "data" / "mamba.csv",  # distinct sequences: a repeated one is kept once, as the reference
+              [(f"p{i}", "MK" * (5 + 40 * (i == 3)) + "A" * i * (i != 3)) for i in range(10)])
     data = build("ptm-mamba", tmp_path, "data.options.valSize=2", "data.options.testSize=2",
                  "data.maxSequenceLength=64")
     assert data.split_mapping["sizes"] == {"train": 5, "val": 2, "test": 2}  # the 90-residue one skipped
@@ -154,7 +155,7 @@ def test_ptm_mamba_missing_column_and_too_long(tmp_path):
 
 
 def test_ptm_mamba_split_is_by_sizes_and_seed(tmp_path):
-    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MKL") for i in range(50)])
+    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MKL" + "A" * i) for i in range(50)])
     a = build("ptm-mamba", tmp_path, "data.options.valSize=5", "data.options.testSize=3")
     b = build("ptm-mamba", tmp_path, "data.options.valSize=5", "data.options.testSize=3")
     c = build("ptm-mamba", tmp_path, "data.options.valSize=5", "data.options.testSize=3", "data.options.splitSeed=7")
@@ -165,7 +166,7 @@ def test_ptm_mamba_split_is_by_sizes_and_seed(tmp_path):
 def test_ptm_mamba_incomplete_precomputed_embeddings_name_the_missing_file_and_the_precompute_command(tmp_path):
     from helixrun_trainer.recipes.ptm_mamba import PTMMambaRecipe, embeddings
 
-    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MKL") for i in range(10)])
+    write_csv(tmp_path / "data" / "mamba.csv", [(f"p{i}", "MKL" + "A" * i) for i in range(10)])
     emb = tmp_path / "emb"
     sets = ("data.options.valSize=2", "data.options.testSize=2", "model.options.esmEmbeddings=precomputed",
             f"data.options.embeddingsDir={emb}")

@@ -2,7 +2,8 @@
 
 An epoch is a fixed list of micro-batches (token-budget batches à la
 fairseq/ESM: sort by length, flush when the padded size would pass the budget;
-or fixed-size sample batches), shuffled per epoch by (seed, epoch). The stream
+or fixed-size sample batches), shuffled per epoch by (seed, epoch), or in
+ascending length every epoch where a recipe's reference trains so. The stream
 of micro-batches runs across epoch boundaries without dropping any. The data
 position is one counter, the global micro-batch index g: step s on rank r,
 accumulation slot a, reads g = (s * accum + a) * world + r. Resuming at step s
@@ -65,13 +66,17 @@ class BatchOrder:
     """The epoch's micro-batches and their order; stateless apart from what (seed, epoch) determines."""
 
     def __init__(self, num_samples: int, seed: int, *, lengths: Sequence[int] | None = None,
-                 max_tokens: int | None = None, batch_size: int = 1):
+                 max_tokens: int | None = None, batch_size: int = 1, length_sorted: bool = False):
         if num_samples == 0:
             raise ValueError("the training set is empty")
         self.seed = seed
+        self.length_sorted = length_sorted and lengths is not None  # shortest batch first, every epoch alike
         if lengths is not None and max_tokens:
             self.batches = token_budget_batches(lengths, max_tokens)
             self.shuffle_batches = True
+        elif self.length_sorted:
+            order = sorted(range(num_samples), key=lambda i: (lengths[i], i))
+            self.batches = [order[i:i + batch_size] for i in range(0, num_samples, batch_size)]
         else:
             self.batches = None  # re-drawn per epoch: a new permutation each epoch
             self.num_samples, self.batch_size = num_samples, batch_size
@@ -86,7 +91,9 @@ class BatchOrder:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         if self._cache and self._cache[0] == epoch:
             return self._cache[1]
-        if self.batches is not None:
+        if self.length_sorted:
+            out = self.batches
+        elif self.batches is not None:
             perm = torch.randperm(len(self.batches), generator=torch.Generator().manual_seed(mix_seed(self.seed, "epoch", epoch)))
             out = [self.batches[i] for i in perm.tolist()]
         else:
@@ -100,7 +107,8 @@ class BatchOrder:
 
     def fingerprint(self) -> str:
         """Changes when the batch list would differ (data, budget, batch size, seed)."""
-        payload = repr((self.seed, self.batches if self.batches is not None else (self.num_samples, self.batch_size)))
+        payload = repr((self.seed, self.batches if self.batches is not None else (self.num_samples, self.batch_size),
+                        *(("length-sorted",) if self.length_sorted else ())))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -91,8 +91,10 @@ class Trainer:
         self.grad_accum = grad_accum
         tokens = self.plan.global_batch_unit == "tokens" and self.data.lengths is not None
         self.max_tokens = self.plan.micro_batch_tokens if tokens else None
-        order = BatchOrder(len(self.data.train), self.seed, lengths=self.data.lengths if tokens else None,
-                           max_tokens=self.max_tokens, batch_size=self.plan.micro_batch)
+        order = BatchOrder(len(self.data.train), self.seed,
+                           lengths=self.data.lengths if tokens or self.data.length_sorted else None,
+                           max_tokens=self.max_tokens, batch_size=self.plan.micro_batch,
+                           length_sorted=self.data.length_sorted)
         self.batches = StepBatches(order, self.data.train, self.data.collate, seed=self.seed,
                                    grad_accum=grad_accum, world_size=world, rank=env.rank)
         self.total_steps = total_steps_for(training, self.batches.steps_per_epoch())

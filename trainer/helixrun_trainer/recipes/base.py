@@ -73,6 +73,9 @@ class RecipeData:
     # For split datasets: which source records went to train/eval; the runtime
     # writes it to records/split_mapping.json.
     split_mapping: dict[str, Any] | None = None
+    # True: the batches in ascending length, the same order every epoch (a reference
+    # that trains so, e.g. PTM-Mamba's SequenceLengthSampler), instead of shuffled.
+    length_sorted: bool = False
 
 
 @runtime_checkable

@@ -1,28 +1,43 @@
 """PTM-Mamba: a PTM-aware protein language model (bidirectional Mamba + gated ESM-2 fusion).
 
-Model (model.py): 59-token vocabulary (vocab.py), d_model x layers from
-model.options (768 x 24 in production; tiny 32 x 2), ESM-2 from model.encoder
-(650M, layer options.esmLayer = 33; tiny: a 2-layer EsmModel) frozen. The
-production PTM-Mamba weights (`ChatterjeeLab/PTM-Mamba`, cc-by-nc-nd) are not
-loaded: this recipe pretrains; model.name names the run's lineage only.
+Reference: programmablebio/ptm-mamba (docs/FIDELITY.md lists every setting, ours and why it differs).
 
-Data (data.format csv, data.path relative to the data volume):
-- column options.sequenceColumn (default ptm_seq) holds sequences with PTM
-  tokens (`MK<Phosphoserine>L...`); options.idColumn (default unique_id, else
-  the row number) identifies them in split_mapping.json.
-- split by sizes and seed as the seed's pipeline: options.valSize 10,000,
-  testSize 5,000, splitSeed 42 (tiny: 30 / 20 of 300 generated sequences).
+Model (model.py): the reference's 59-token vocabulary with its ids (vocab.py),
+d_model x layers from model.options (768 x 24 in production; tiny 32 x 2),
+ESM-2 from model.encoder (650M, layer options.esmLayer = 33; tiny: a 2-layer
+EsmModel) frozen. The production PTM-Mamba weights (`ChatterjeeLab/PTM-Mamba`,
+cc-by-nc-nd) are not loaded: this recipe pretrains; model.name names the run's
+lineage only.
+
+Data (data.format csv, data.path relative to the data volume), data.options.layout:
+- `sequences` (default): one row per protein, column sequenceColumn (default
+  ptm_seq) with PTM tokens in place (`MK<Phosphoserine>L...`).
+- `sites`: the reference's ptm_labels.csv, one row per modified site: the
+  unmodified sequence (sequenceColumn, default ori_seq), a 0-based position
+  (positionColumn, default pos) and the PTM token (tokenColumn, default token),
+  substituted as the reference's ptm_dataset.py does; a token whose residue is
+  not the one at its position is an error (an off-by-one table).
+- idColumn (default unique_id, else the row number) names proteins in
+  split_mapping.json; a repeated sequence is kept once (the reference's
+  drop_duplicates).
+- split as the reference's: a numpy default_rng(splitSeed) permutation, its
+  last valSize + testSize proteins held out, val before test (options.valSize
+  10,000, testSize 5,000, splitSeed 42; tiny: 30 / 20 of 300 generated).
 - an unknown residue or PTM token, an empty sequence, a missing column: a
   DataError naming the file, row and token. A sequence longer than
-  data.maxSequenceLength - 2 residues is skipped and counted (ESM-2 has 1,026
-  positions); options.tooLong: error makes it an error instead.
-- batches: the runtime's token-budget batches over these lengths
-  (length-sorted, flushed at the budget, none dropped; globalBatch.tokens).
+  data.maxSequenceLength - 2 residues is dropped from its split and counted
+  (ESM-2 has 1,026 positions); options.tooLong: error makes it an error.
+- batches: token budgets (globalBatch.tokens), none dropped. options.batchOrder
+  `shuffled` (default: length-bucketed batches in a new order every epoch, as
+  ESM and fairseq train) or `length-ascending` (the reference's
+  SequenceLengthSampler: shortest first, the same order every epoch, which makes
+  each epoch a short-to-long curriculum at a constant learning rate).
 
-Objective: masked LM. Per sequence, with probability 0.2 plain 15% random
-masking, else 15% random plus every PTM token (PTM-Mamba's mixed masking); the
-selected positions become <mask>, draws from the runtime's generator. Loss:
-mean CE over masked positions (weighted by their count across micro-batches).
+Objective: masked LM as the reference's Masker.random_or_random_and_ptm_mask:
+per batch, with probability 0.2 plain 15% random masking, else 15% random plus
+every PTM token; the selected positions become <mask>, draws from the runtime's
+generator. Loss: mean CE over masked positions (weighted by their count across
+micro-batches).
 
 ESM embeddings (options.esmEmbeddings):
 - `on-the-fly` (default): ESM-2 runs every step on the *masked* input, PTM
@@ -35,8 +50,9 @@ ESM embeddings (options.esmEmbeddings):
   shown by the tests): the run logs a warning and its eval metrics carry
   eval_leaky_esm_embeddings = 1.
 
-Evaluation: eval loss, perplexity (exp of the masked-token CE) and masked-token
-accuracy on the val split; at the end the test split's metrics go to
+Evaluation: eval loss, perplexity (exp of the masked-token CE), masked-token
+accuracy and accuracy on masked PTM tokens (the reference's val_ptm_acc) on the
+val split at fixed draws; at the end the test split's metrics go to
 records/test_metrics.json and records/metrics.json (the seed's list of train,
 val and test metrics). Best/last checkpoints: the runtime's keepBest (eval_loss)
 and latest.
@@ -50,8 +66,9 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,48 +88,108 @@ TINY = {"sequences": 300, "valSize": 30, "testSize": 20}
 # -- data ---------------------------------------------------------------------
 
 
-def read_csv_sequences(path: Path, column: str, id_column: str, max_residues: int, too_long: str):
-    """[(unique_id, sequence, ids)] of a CSV; errors name the file and row."""
-    out, skipped, seen = [], 0, set()
+def sequence_table_rows(path: Path, column: str, id_column: str) -> Iterator[tuple[str, str, str]]:
+    """(where, unique_id, PTM sequence) per row of a table with one annotated sequence per row."""
     for row_number, row in sequence_rows(path, column):
         uid = (row.get(id_column) or "").strip() if id_column in row else str(row_number - 1)
+        yield f"{path}:{row_number} (id {uid!r})", uid, (row.get(column) or "").strip()
+
+
+def site_table_rows(path: Path, column: str, position_column: str, token_column: str,
+                    id_column: str) -> Iterator[tuple[str, str, str]]:
+    """(where, unique_id, PTM sequence) per protein of a site table (the reference's ptm_labels.csv: one row
+    per modified site), in order of first appearance; each token replaces the residue at its 0-based position,
+    a later token at the same position winning (the reference's dict does the same)."""
+    proteins: dict[str, dict] = {}
+    for row_number, row in sequence_rows(path, column):
+        missing = [c for c in (position_column, token_column) if c not in row]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (columns: {', '.join(row)}); set "
+                            f"data.options.{'positionColumn' if missing[0] == position_column else 'tokenColumn'}")
         sequence = (row.get(column) or "").strip()
-        where = f"{path}:{row_number} (id {uid!r})"
+        uid = (row.get(id_column) or "").strip() if id_column in row else str(row_number - 1)
+        protein = proteins.setdefault(sequence, {"where": f"{path}:{row_number} (id {uid!r})", "uid": uid, "sites": {}})
+        position, token = (row.get(position_column) or "").strip(), (row.get(token_column) or "").strip()
+        if not position and not token:
+            continue  # a protein listed without a modified site
+        where = f"{path}:{row_number}"
+        if token not in vocab.PTM_RESIDUE:
+            raise DataError(f"{where}: {token_column} {token!r} is not one of PTM-Mamba's 25 PTM tokens "
+                            f"(e.g. '<Phosphoserine>', with the angle brackets)")
+        try:
+            index = int(position)
+        except ValueError:
+            raise DataError(f"{where}: {position_column} {position!r} is not an integer") from None
+        if not 0 <= index < len(sequence):
+            raise DataError(f"{where}: {position_column} {index} is outside the {len(sequence)}-residue sequence "
+                            f"(positions are 0-based, as the reference's ptm_dataset.py reads them)")
+        if sequence[index].upper() not in vocab.PTM_RESIDUE[token]:
+            raise DataError(f"{where}: {token} at {position_column} {index} replaces {sequence[index]!r}, not "
+                            f"{'/'.join(vocab.PTM_RESIDUE[token])} (positions are 0-based)")
+        protein["sites"][index] = token
+    for sequence, protein in proteins.items():
+        residues = list(sequence)
+        for index, token in protein["sites"].items():
+            residues[index] = token
+        yield protein["where"], protein["uid"], "".join(residues)
+
+
+def read_ptm_table(path: Path, opts: dict, max_residues: int) -> list[tuple[str, str, list[int]]]:
+    """[(unique_id, sequence, ids)] of a CSV in either layout, each sequence once; errors name the file and row."""
+    layout = opts.get("layout", "sequences")
+    id_column = opts.get("idColumn", "unique_id")
+    if layout == "sites":
+        rows = site_table_rows(path, opts.get("sequenceColumn", "ori_seq"), opts.get("positionColumn", "pos"),
+                               opts.get("tokenColumn", "token"), id_column)
+    else:
+        rows = sequence_table_rows(path, opts.get("sequenceColumn", "ptm_seq"), id_column)
+    out, seen_ids, seen_sequences, repeated = [], set(), set(), 0
+    for where, uid, sequence in rows:
         if not uid:
             raise DataError(f"{where}: empty {id_column}")
-        if uid in seen:
+        if uid in seen_ids:
             raise DataError(f"{where}: duplicate {id_column}")
-        seen.add(uid)
+        seen_ids.add(uid)
         if not sequence:
             raise DataError(f"{where}: empty sequence")
+        if sequence in seen_sequences:
+            repeated += 1
+            continue
+        seen_sequences.add(sequence)
         try:
             ids = vocab.tokenize(sequence)
         except vocab.UnknownToken as exc:
             raise DataError(f"{where}: {exc} (PTM-Mamba's vocabulary: 25 residues and 25 PTM tokens)") from None
-        if len(ids) > max_residues:
-            if too_long == "error":
-                raise DataError(f"{where}: {len(ids)} residues, more than the {max_residues} allowed "
-                                f"(data.maxSequenceLength - 2)")
-            skipped += 1
-            continue
+        if len(ids) > max_residues and opts.get("tooLong", "skip") == "error":
+            raise DataError(f"{where}: {len(ids)} residues, more than the {max_residues} allowed "
+                            f"(data.maxSequenceLength - 2)")
         out.append((uid, sequence, [vocab.CLS, *ids, vocab.EOS]))
-    if skipped:
-        log.warning("%s: skipped %d sequences longer than %d residues", path, skipped, max_residues)
+    if repeated:
+        log.warning("%s: %d repeated sequences kept once", path, repeated)
     if not out:
         raise DataError(f"{path}: no usable sequences")
     return out
 
 
 def split_by_sizes(records: list, val_size: int, test_size: int, seed: int, source: str):
-    """A seeded permutation: the first val_size -> val, the next test_size -> test, the rest -> train."""
-    if val_size + test_size >= len(records):
-        raise DataError(f"{source}: {len(records)} sequences cannot hold val {val_size} + test {test_size} + train")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    val = [records[i] for i in order[:val_size]]
-    test = [records[i] for i in order[val_size:val_size + test_size]]
-    train = [records[i] for i in order[val_size + test_size:]]
-    return train, val, test
+    """The reference's split (ptm_dataset.py: datasets' shuffle(seed), then unshuffled train_test_splits): a
+    numpy default_rng(seed) permutation whose last val_size + test_size records are held out, val before test."""
+    n = len(records)
+    if val_size + test_size >= n:
+        raise DataError(f"{source}: {n} sequences cannot hold val {val_size} + test {test_size} + train")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    held_out = n - val_size - test_size
+    pick = lambda part: [records[i] for i in part]  # noqa: E731
+    return pick(order[:held_out]), pick(order[held_out:n - test_size]), pick(order[n - test_size:])
+
+
+def drop_too_long(split: list, max_residues: int, name: str, source: str) -> list:
+    """The split without sequences longer than ESM-2 takes (after splitting, so the split stays the reference's)."""
+    kept = [r for r in split if len(r[2]) - 2 <= max_residues]
+    if len(kept) < len(split):
+        log.warning("%s: skipped %d %s sequences longer than %d residues", source, len(split) - len(kept), name,
+                    max_residues)
+    return kept
 
 
 def tiny_ptm_sequences(seed: int, n: int, max_residues: int) -> list[tuple[str, str]]:
@@ -126,7 +203,7 @@ def tiny_ptm_sequences(seed: int, n: int, max_residues: int) -> list[tuple[str, 
         length = rng.randint(12, max(12, min(60, max_residues)))
         seq = ""
         while len(seq) < length:
-            seq += rng.choice(motifs) if rng.random() < 0.7 else rng.choice(residues)
+            seq += rng.choice(motifs) if rng.random() < 0.9 else rng.choice(residues)
         pieces = list(seq[:length])
         for j in range(len(pieces) - 1):
             if pieces[j] in "STY" and pieces[j + 1] == "P" and rng.random() < 0.8:
@@ -139,18 +216,18 @@ def tiny_ptm_sequences(seed: int, n: int, max_residues: int) -> list[tuple[str, 
 
 def mask_batch(ids: torch.Tensor, generator: torch.Generator, probability: float = MASK_PROBABILITY,
                plain_probability: float = PLAIN_MASKING_PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
-    """PTM-Mamba's mixed masking -> (masked input ids, labels with -100 off the masked positions)."""
-    special = (ids == vocab.CLS) | (ids == vocab.EOS) | (ids == vocab.PAD)
-    is_ptm = torch.zeros_like(ids, dtype=torch.bool)
-    for token in vocab.PTM_IDS:
-        is_ptm |= ids == token
-    plain = torch.rand(ids.shape[0], generator=generator) < plain_probability
+    """PTM-Mamba's mixed masking -> (masked input ids, labels with -100 off the masked positions).
+
+    One draw per batch picks the mode, as the reference's random_or_random_and_ptm_mask: plain 15% random
+    masking, or 15% random plus every PTM token. Specials are never masked."""
+    special = torch.isin(ids, torch.tensor(sorted(vocab.SPECIAL_IDS)))
+    plain = bool(torch.rand((), generator=generator) < plain_probability)
     selected = (torch.rand(ids.shape, generator=generator) < probability) & ~special
-    selected |= is_ptm & ~plain.unsqueeze(1)
-    for row in range(ids.shape[0]):  # every sequence contributes at least one target
-        if not selected[row].any():
-            candidates = (~special[row]).nonzero().flatten()
-            selected[row, candidates[torch.randint(len(candidates), (1,), generator=generator)]] = True
+    if not plain:
+        selected |= torch.isin(ids, torch.tensor(sorted(vocab.PTM_IDS)))
+    if not selected.any():  # the reference's loss would be NaN here: one target keeps the batch useful
+        candidates = (~special).flatten().nonzero().flatten()
+        selected.view(-1)[candidates[torch.randint(len(candidates), (1,), generator=generator)]] = True
     labels = torch.where(selected, ids, torch.full_like(ids, -100))
     return torch.where(selected, torch.full_like(ids, vocab.MASK), ids), labels
 
@@ -225,12 +302,13 @@ class PTMMambaRecipe(RecipeBase):
             sizes = (TINY["valSize"], TINY["testSize"])  # the run's sizes are for its real data set
         else:
             path = resolve_data_path(cfg, data_dir)
-            records = read_csv_sequences(path, opts.get("sequenceColumn", "ptm_seq"), opts.get("idColumn", "unique_id"),
-                                         max_len - 2, opts.get("tooLong", "skip"))
+            records = read_ptm_table(path, opts, max_len - 2)
             source = str(path)
             sizes = (int(opts.get("valSize", 10_000)), int(opts.get("testSize", 5_000)))
-        train, val, test = split_by_sizes(records, *sizes, int(opts.get("splitSeed", 42)), source)
-        mapping = {"source": source, "seed": int(opts.get("splitSeed", 42)), "sizes": {
+        seed = int(opts.get("splitSeed", 42))
+        splits = dict(zip(("train", "val", "test"), split_by_sizes(records, *sizes, seed, source)))
+        train, val, test = (drop_too_long(records, max_len - 2, name, source) for name, records in splits.items())
+        mapping = {"source": source, "seed": seed, "sizes": {
             "train": len(train), "val": len(val), "test": len(test)}, "splits": {
             **{r[0]: "train" for r in train}, **{r[0]: "val" for r in val}, **{r[0]: "test" for r in test}}}
         mode = self.options(cfg).get("esmEmbeddings", "on-the-fly")
@@ -244,7 +322,7 @@ class PTMMambaRecipe(RecipeBase):
         return RecipeData(
             train=train, eval=val, collate=Collate(store),
             lengths=[len(ids) for _, _, ids in train], eval_lengths=[len(ids) for _, _, ids in val],
-            split_mapping=mapping,
+            split_mapping=mapping, length_sorted=opts.get("batchOrder", "shuffled") == "length-ascending",
         )
 
     def _precomputed_store(self, cfg, opts: dict, splits: dict):
@@ -282,16 +360,24 @@ class PTMMambaRecipe(RecipeBase):
                           num_samples=int(batch["input_ids"].shape[0]))
 
     def evaluate(self, model, eval_batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-        total, correct, units = 0.0, 0, 0
+        total, correct, units, ptm_correct, ptm_units = 0.0, 0, 0, 0, 0
+        ptm_ids = None
         for batch in eval_batches:
             logits = model(batch["input_ids"], batch["attention_mask"], batch.get("esm_embeddings")).float()
             labels = batch["labels"]
             target = labels != -100
+            hits = logits.argmax(-1) == labels
+            if ptm_ids is None:
+                ptm_ids = torch.tensor(sorted(vocab.PTM_IDS), device=labels.device)
+            on_ptm = target & torch.isin(labels, ptm_ids)
             total += float(nn.functional.cross_entropy(logits[target], labels[target], reduction="sum"))
-            correct += int((logits[target].argmax(-1) == labels[target]).sum())
+            correct += int(hits[target].sum())
             units += int(target.sum())
+            ptm_correct += int(hits[on_ptm].sum())
+            ptm_units += int(on_ptm.sum())
         loss = total / max(units, 1)
-        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(units, 1)}
+        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(units, 1),
+                  "ptm_accuracy": ptm_correct / max(ptm_units, 1)}
         if self.precomputed:  # tag: these numbers saw the masked residues through the ESM branch
             scores["leaky_esm_embeddings"] = 1.0
         return scores

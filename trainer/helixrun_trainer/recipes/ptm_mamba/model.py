@@ -1,19 +1,25 @@
 """The PTM-Mamba network: gated ESM fusion, bidirectional Mamba blocks, tied LM head.
 
     tok = Embedding(59, d)(ids)
-    esm = Linear(esm_dim, d)(ESM-2 layer-33 states of the ESM input)     # PTM and masked positions -> <mask>
-    g   = sigmoid(Linear(2d, d)([tok; esm]));  h = g * tok + (1 - g) * esm
-    h   = h + Linear(2d, d)([Mamba_fwd(RMSNorm(h)); flip(Mamba_bwd(flip(RMSNorm(h))))])   x layers
-    logits = RMSNorm(h) @ tok.weight^T                                    # tied head
+    esm = Linear(esm_dim, d, no bias)(ESM-2 layer-33 states of the ESM input)  # PTM and masked positions -> <mask>
+    g   = sigmoid(Linear(2d, 1)([tok; esm]));  h = g * tok + (1 - g) * esm   # one gate value per position
+    h   = h + Linear(2d, d)([Mamba_fwd(RMSNorm_f(h)); flip(Mamba_bwd(flip(RMSNorm_b(h))))])   x layers
+    logits = RMSNorm(h) @ tok.weight^T                                        # tied head
 
-The Mamba mixers are transformers' `MambaMixer` (its CUDA kernels when
-mamba-ssm is installed, its pure-PyTorch path otherwise). The backward stack
-reads each sequence reversed within its own length, so padding stays at the end.
-The ESM encoder is frozen and runs without gradients; it is a submodule so that
-the on-the-fly path moves with the model, but checkpoints skip it (frozen).
+As the reference's `BiDirectionMixerModel` (protein_lm/modeling/models/mamba/lm.py) builds it, with
+its initialisation: Mamba's own for the mixers (dt bias = inverse softplus of log-uniform [0.001, 0.1],
+A = 1..N, D = 1; transformers' `MambaMixer` constructor does this as mamba-ssm's `Mamba` does), every
+mixer's out_proj re-drawn Kaiming-uniform and divided by sqrt(layers), other Linear biases zero,
+embeddings N(0, 0.02). The mixers are transformers' `MambaMixer` (its CUDA kernels when mamba-ssm is
+installed, its pure-PyTorch path otherwise). The backward stack reads each sequence reversed within its
+own length, so padding stays at the end (the reference flips the padded batch, so its backward pass
+starts on padding). The ESM encoder is frozen and runs without gradients; it is a submodule so that the
+on-the-fly path moves with the model, but checkpoints skip it (frozen).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -38,16 +44,18 @@ class BiMambaBlock(nn.Module):
 
         super().__init__()
         d = config.hidden_size
-        self.norm = MambaRMSNorm(d, eps=config.layer_norm_epsilon)
+        # One norm per direction, as the reference's forward and backward mamba_ssm Blocks each have.
+        self.forward_norm = MambaRMSNorm(d, eps=config.layer_norm_epsilon)
+        self.backward_norm = MambaRMSNorm(d, eps=config.layer_norm_epsilon)
         self.forward_mixer = MambaMixer(config, layer_idx)
         self.backward_mixer = MambaMixer(config, layer_idx)
         self.merge = nn.Linear(2 * d, d)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.norm(hidden)
-        fwd = self.forward_mixer(x, attention_mask=mask)
-        bwd = self.backward_mixer(reverse_within_length(x, lengths), attention_mask=mask)
-        bwd = reverse_within_length(bwd, lengths)
+        fwd = self.forward_mixer(self.forward_norm(hidden), attention_mask=mask)
+        reversed_hidden = reverse_within_length(hidden, lengths)
+        bwd = reverse_within_length(self.backward_mixer(self.backward_norm(reversed_hidden), attention_mask=mask),
+                                    lengths)
         return hidden + self.merge(torch.cat([fwd, bwd], dim=-1))
 
 
@@ -66,16 +74,27 @@ class PTMMamba(nn.Module):
         self.config = config
         self.d_model, self.esm_dim, self.esm_layer = d_model, esm_dim, esm_layer
         self.embed = nn.Embedding(vocab.VOCAB_SIZE, d_model, padding_idx=vocab.PAD)
-        self.esm_proj = nn.Linear(esm_dim, d_model)
-        self.gate = nn.Linear(2 * d_model, d_model)
+        self.esm_proj = nn.Linear(esm_dim, d_model, bias=False)
+        self.gate = nn.Linear(2 * d_model, 1)
         self.blocks = nn.ModuleList(BiMambaBlock(config, i) for i in range(layers))
         self.norm_f = MambaRMSNorm(d_model, eps=config.layer_norm_epsilon)
         self.esm = esm
         if esm is not None:
             for p in esm.parameters():
                 p.requires_grad_(False)
-        # Mamba's own init for dt/A/D lives in MambaPreTrainedModel; the mixers' constructors set usable defaults.
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The reference's `_init_weights` (lm.py, GPT-2's scheme): embeddings N(0, 0.02), Linear biases zero,
+        each mixer's out_proj Kaiming-uniform / sqrt(layers); dt, A and D keep Mamba's init from the mixers."""
         nn.init.normal_(self.embed.weight, std=0.02)
+        for linear in (self.gate, *(block.merge for block in self.blocks)):
+            nn.init.zeros_(linear.bias)
+        for block in self.blocks:
+            for mixer in (block.forward_mixer, block.backward_mixer):
+                nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+                mixer.out_proj.weight /= math.sqrt(len(self.blocks))
 
     @torch.no_grad()
     def esm_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

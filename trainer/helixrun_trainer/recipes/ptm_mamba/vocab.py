@@ -1,8 +1,11 @@
-"""PTM-Mamba's 59-token vocabulary: 8 specials, 25 residues, a PTM marker, 25 PTM tokens.
+"""PTM-Mamba's 59-token vocabulary, id for id the reference's `PTMTokenizer`.
 
-A post-translationally modified residue is written as one token in angle
-brackets that replaces the residue (`MK<Phosphoserine>LL...`, UniProt's
-modified-residue names). The same residues and specials map onto ESM-2's
+Layout (programmablebio/ptm-mamba `protein_lm/tokenizer/tokenizer.py`): 8
+specials (ids 0-7, <mask> = 7), ESM-2's 25 residue letters (8-32), the `PTM`
+marker (33) and 25 PTM tokens (34-58), so a released checkpoint's embedding
+rows line up with these ids. A post-translationally modified residue is one
+token in angle brackets that replaces the residue (`M<N-acetylalanine>K...`,
+UniProt's modified-residue names). The residues and specials map onto ESM-2's
 33-token alphabet for the ESM branch, where PTM tokens become <mask>.
 """
 
@@ -10,25 +13,45 @@ from __future__ import annotations
 
 import re
 
-SPECIALS = ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "<null_1>", ".", "-")
+SPECIALS = ("<cls>", "<pad>", "<eos>", "<unk>", ".", "-", "<null_1>", "<mask>")
 # ESM-2's residue letters: 20 standard, X unknown, B/Z ambiguous, U selenocysteine, O pyrrolysine.
 RESIDUES = tuple("LAGVSERTIDPKQNFYMHWCXBUZO")
 PTM_MARKER = "PTM"
-# The 25 most frequent Swiss-Prot modified-residue annotations.
-PTM_TOKENS = (
-    "<Phosphoserine>", "<Phosphothreonine>", "<Phosphotyrosine>", "<N6-acetyllysine>", "<N-acetylmethionine>",
-    "<N-acetylserine>", "<N-acetylalanine>", "<N-acetylthreonine>", "<N6-methyllysine>", "<N6,N6-dimethyllysine>",
-    "<N6,N6,N6-trimethyllysine>", "<Omega-N-methylarginine>", "<Asymmetric dimethylarginine>",
-    "<Symmetric dimethylarginine>", "<N6-succinyllysine>", "<N6-crotonyllysine>", "<N6-malonyllysine>",
-    "<Citrulline>", "<Pyrrolidone carboxylic acid>", "<4-hydroxyproline>", "<Hydroxyproline>", "<Sulfotyrosine>",
-    "<Cysteine sulfenic acid (-SOH)>", "<S-nitrosocysteine>", "<Deamidated asparagine>",
-)
+# The reference's PTM tokens, in its order; the letter is the residue each one modifies (UniProt's name says so),
+# which lets the site-table reader catch a position that points at another residue.
+PTM_RESIDUE = {
+    "<N-linked (GlcNAc...) asparagine>": "N",
+    "<Pyrrolidone carboxylic acid>": "QE",  # pyroglutamate forms from an N-terminal Gln (or Glu)
+    "<Phosphoserine>": "S",
+    "<Phosphothreonine>": "T",
+    "<N-acetylalanine>": "A",
+    "<N-acetylmethionine>": "M",
+    "<N6-acetyllysine>": "K",
+    "<Phosphotyrosine>": "Y",
+    "<S-diacylglycerol cysteine>": "C",
+    "<N6-(pyridoxal phosphate)lysine>": "K",
+    "<N-acetylserine>": "S",
+    "<N6-carboxylysine>": "K",
+    "<N6-succinyllysine>": "K",
+    "<S-palmitoyl cysteine>": "C",
+    "<O-(pantetheine 4'-phosphoryl)serine>": "S",
+    "<Sulfotyrosine>": "Y",
+    "<O-linked (GalNAc...) threonine>": "T",
+    "<Omega-N-methylarginine>": "R",
+    "<N-myristoyl glycine>": "G",
+    "<4-hydroxyproline>": "P",
+    "<Asymmetric dimethylarginine>": "R",
+    "<N5-methylglutamine>": "Q",
+    "<4-aspartylphosphate>": "D",
+    "<S-geranylgeranyl cysteine>": "C",
+    "<4-carboxyglutamate>": "E",
+}
+PTM_TOKENS = tuple(PTM_RESIDUE)
 TOKENS = (*SPECIALS, *RESIDUES, PTM_MARKER, *PTM_TOKENS)
 assert len(TOKENS) == 59 and len(set(TOKENS)) == 59
 
 ID = {t: i for i, t in enumerate(TOKENS)}
 CLS, PAD, EOS, UNK, MASK = (ID[t] for t in ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>"))
-RESIDUE_IDS = tuple(ID[r] for r in RESIDUES[:20])  # standard residues: what random masking may substitute
 PTM_IDS = frozenset(ID[t] for t in PTM_TOKENS)
 SPECIAL_IDS = frozenset(ID[t] for t in SPECIALS)
 VOCAB_SIZE = len(TOKENS)
@@ -49,11 +72,15 @@ class UnknownToken(ValueError):
         super().__init__(f"unknown token {token!r} at position {position}")
 
 
+def pieces(sequence: str) -> list[str]:
+    """'MK<Phosphoserine>L' -> ['M', 'K', '<Phosphoserine>', 'L']: one piece per residue or bracketed token."""
+    return _PIECE.findall(sequence.strip())
+
+
 def tokenize(sequence: str) -> list[int]:
     """'MK<Phosphoserine>L' -> ids (without <cls>/<eos>); raises UnknownToken naming the first bad piece."""
     ids = []
-    for position, match in enumerate(_PIECE.finditer(sequence.strip()), 1):
-        piece = match.group(0)
+    for position, piece in enumerate(pieces(sequence), 1):
         if piece.isspace():
             raise UnknownToken(piece, position)
         token = ID.get(piece if len(piece) > 1 else piece.upper())
