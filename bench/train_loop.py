@@ -59,7 +59,7 @@ def ours(cfg) -> float:
             super()._export_step(record, dt, progress)
             ends.append(time.perf_counter())
 
-    Timed(cfg, tiny=True, metrics_port=0).run()
+    Timed(cfg, metrics_port=0).run()
     return median_step(ends)
 
 

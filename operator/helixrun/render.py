@@ -167,8 +167,9 @@ def render_run(run: ResolvedRun, settings: RenderSettings, backend: Backend | No
     if not run.plan.fits:
         raise PlanRefused(run.plan.refusal or f"run {run.name} does not fit pool {run.pool.name}")
     backend = backend or backend_for(run)
-    return [
-        model_cache_claim(run.namespace, settings),
+    # A smoke run downloads nothing, so it neither needs nor creates the namespace's model cache.
+    cache = [] if run.smoke_test else [model_cache_claim(run.namespace, settings)]
+    return cache + [
         config_map(run),
         checkpoint_claim(run),
         metrics_service(run),

@@ -1,8 +1,9 @@
 """Resolve a TrainingRun into the one config the trainer reads.
 
-run (validated) + recipe defaults + pool + plan -> ResolvedRun. The operator
-stores it in the run's ConfigMap; `helixrun-train --local` builds it the same
-way from an example file, so a local run and a pod train from identical input.
+run (validated) [+ the smoke budget] + recipe defaults + pool + plan -> ResolvedRun.
+The operator stores it in the run's ConfigMap; `helixrun-train --local` builds it
+the same way from an example file, so a local run and a pod train from identical
+input.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from helixrun import api, recipes
+from helixrun import api, recipes, smoke
 from helixrun.planner import Plan, make_plan
 from helixrun.pools import Pool
 
@@ -65,6 +66,11 @@ class ResolvedRun(BaseModel):
     def typed_spec(self):
         return api.RunSpec.model_validate(self.spec)
 
+    @property
+    def smoke_test(self) -> bool:
+        """Train the recipe's tiny models on generated data (spec.smokeTest)."""
+        return bool(self.spec.get("smokeTest"))
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
@@ -92,18 +98,31 @@ def check_pool(run: api.TrainingRun, pools: dict[str, Pool], source: str = "") -
     return pool
 
 
-def spec_with_defaults(run: api.TrainingRun, source: str = "") -> dict:
-    """The run's spec with its recipe's defaults, validated as the API server would validate it."""
-    spec = recipes.with_defaults(run.raw_spec)
+def spec_with_defaults(run: api.TrainingRun, source: str = "", overrides: Sequence[str] = ()) -> dict:
+    """The run's spec with its recipe's defaults, validated as the API server would validate it.
+
+    A smoke run's budget caps the run's own; `overrides` (`--set` assignments the caller already
+    applied to the run) are applied again over it, so they win as they do everywhere else."""
+    spec = run.raw_spec
+    if spec.get("smokeTest"):
+        obj = {"spec": smoke.smoke_spec(spec)}
+        for assignment in overrides:
+            obj = apply_set(obj, assignment)
+        spec = obj["spec"]
+    spec = recipes.with_defaults(spec)
     return api.validate(
         {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
         f"{source} (with {spec['recipe']} defaults)",
     )["spec"]
 
 
-def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths = POD_PATHS, source: str = "") -> ResolvedRun:
+def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths | None = None, source: str = "",
+            overrides: Sequence[str] = ()) -> ResolvedRun:
+    """`paths`: where things are for the trainer (default: in a pod); `overrides`: see spec_with_defaults."""
     pool = check_pool(run, pools, source)
-    merged = spec_with_defaults(run, source)
+    merged = spec_with_defaults(run, source, overrides)
+    if paths is None:
+        paths = POD_PATHS.model_copy(update={"data": smoke.POD_DATA}) if merged.get("smokeTest") else POD_PATHS
     # All pools, so a refusal can name the pools where the run would fit.
     plan = make_plan(api.RunSpec.model_validate(merged), pool, alternatives=pools)
     return ResolvedRun(

@@ -81,14 +81,9 @@ def tiny_config(recipe: str, workdir: Path, *sets: str):
     """The ResolvedRun `helixrun-train --local --tiny` would build, in-process."""
     import yaml
 
-    from helixrun import api, pools, resolve
-    from helixrun_trainer.cli import tiny_overrides
+    from helixrun_trainer.cli import resolve_local
 
-    obj = yaml.safe_load(run_yaml(recipe))
-    for assignment in [*tiny_overrides(obj), *sets]:
-        obj = resolve.apply_set(obj, assignment)
-    run = api.TrainingRun.from_object(obj)
-    return resolve.resolve(run, pools.load_pools(None), resolve.local_paths(workdir))
+    return resolve_local(yaml.safe_load(run_yaml(recipe)), workdir, tiny=True, sets=sets)
 
 
 def metrics(workdir: Path) -> list[dict]:

@@ -9,11 +9,11 @@
 belong to a recipe: `helixrun-train <command> <recipe> ARGS` runs
 `python -m helixrun_trainer.recipes.<module> <command> ARGS`.
 
---tiny implies, before any --set (so --set wins): training.maxSteps=40 (and no epochs),
-training.logEverySteps=1, training.schedule.warmupSteps=4,
-checkpointing.everySteps=5, evaluation.everySteps=10, hardware.nodes=1,
-hardware.gpusPerNode=1, data.maxSequenceLength=min(its value, 64), and a
-global batch of 4 micro-batches (tokens: 256; samples: 4).
+--tiny makes the run a smoke run (spec.smokeTest: the recipe's tiny models on
+generated data, helixrun/smoke.py) on one local process with a demo budget:
+it stands for the --set assignments in TINY_SETS, applied before yours, and
+yours win over the smoke budget as well. The config a pod reads says whether it
+is a smoke run; no flag is needed there.
 """
 
 from __future__ import annotations
@@ -34,42 +34,33 @@ log = logging.getLogger("helixrun_trainer")
 RECIPE_COMMANDS = ("prepare", "predict", "sample", "precompute")
 COMMANDS = ("train", *RECIPE_COMMANDS)
 
-TINY_SEQ = 64
+# --tiny: a smoke run on this one process, with a budget for a demo (seconds, not the pod smoke run's minute).
+TINY_SETS = (
+    "smokeTest=true", "hardware.nodes=1", "hardware.gpusPerNode=1",
+    "training.maxSteps=40", "checkpointing.everySteps=5", "evaluation.everySteps=10",
+)
 
 
-def tiny_overrides(obj: dict) -> list[str]:
-    """--set assignments --tiny implies for this run (computed against the recipe defaults)."""
-    from helixrun import recipes
+def resolve_local(obj: dict, workdir: Path, *, tiny: bool = False, sets=(), pools_file=None, source: str = ""):
+    """A TrainingRun object resolved for a local run in `workdir`: --tiny's and the caller's --set applied."""
+    from helixrun import api, pools, resolve
 
-    spec = obj.get("spec") or {}
-    merged = recipes.with_defaults(spec) if spec.get("recipe") in recipes.DEFAULTS else spec
-    seq = min((merged.get("data") or {}).get("maxSequenceLength") or TINY_SEQ, TINY_SEQ)
-    batch = (merged.get("training") or {}).get("globalBatch") or {}
-    sets = [
-        "training.epochs=null", "training.maxSteps=40", "training.logEverySteps=1", "training.schedule.warmupSteps=4",
-        "checkpointing.everySteps=5", "evaluation.everySteps=10",
-        "hardware.nodes=1", "hardware.gpusPerNode=1", f"data.maxSequenceLength={seq}",
-    ]
-    user_batch = (spec.get("training") or {}).get("globalBatch") or {}
-    unit = "tokens" if (user_batch or batch).get("tokens") else "samples"
-    sets.append(f"training.globalBatch.{unit}={4 * seq if unit == 'tokens' else 4}")
-    return sets
+    sets = [*(TINY_SETS if tiny else ()), *sets]
+    for assignment in sets:
+        obj = resolve.apply_set(obj, assignment)
+    run = api.TrainingRun.from_object(obj, source)
+    return resolve.resolve(run, pools.load_pools(pools_file), resolve.local_paths(workdir), source, overrides=sets)
 
 
 def local_config(args) -> "ResolvedRun":  # noqa: F821
-    from helixrun import api, pools, resolve
+    from helixrun import api
 
     source = str(args.file)
     text = Path(args.file).read_text()
     docs = [d for d in yaml.safe_load_all(text) if d is not None]
     if len(docs) != 1:
         raise api.InvalidRun([("", f"expected one TrainingRun, found {len(docs)}")], source)
-    obj = docs[0]
-    sets = (tiny_overrides(obj) if args.tiny else []) + list(args.set or [])
-    for assignment in sets:
-        obj = resolve.apply_set(obj, assignment)
-    run = api.TrainingRun.from_object(obj, source)
-    cfg = resolve.resolve(run, pools.load_pools(args.pools), resolve.local_paths(args.workdir), source)
+    cfg = resolve_local(docs[0], args.workdir, tiny=args.tiny, sets=args.set or [], pools_file=args.pools, source=source)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") in ("0", ""):
@@ -82,7 +73,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="resolve a TrainingRun file here instead of reading --config")
     p.add_argument("-f", "--file", type=Path, help="TrainingRun YAML (with --local)")
     p.add_argument("--workdir", type=Path, default=Path("runs/local"), help="local run folder (checkpoints/, records/)")
-    p.add_argument("--tiny", action="store_true", help="tiny model and generated data: seconds on a CPU")
+    p.add_argument("--tiny", action="store_true", help="a smoke run (tiny models, generated data) on one process: "
+                   "seconds on a CPU (--local only)")
     p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a spec field (repeatable)")
     p.add_argument("--pools", type=Path, default=None, help="pools file (default: the packaged pools)")
     p.add_argument("--metrics-port", type=int, default=None, help="override spec.metrics.port (0: ephemeral)")
@@ -100,8 +92,9 @@ def run_train(args) -> int:
         else:
             path = args.config or Path(CONFIG_DIR) / CONFIG_FILE
             cfg = ResolvedRun.from_yaml(Path(path).read_text())
-            if args.set:
-                log.warning("--set is applied in local mode only; the pod's config is already resolved")
+            if args.set or args.tiny:
+                log.warning("--set and --tiny apply in local mode only; the pod's config is already resolved "
+                            "(spec.smokeTest says whether it is a smoke run)")
     except (api.InvalidRun, OSError, ValueError) as exc:
         print(f"helixrun-train: invalid run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -111,7 +104,7 @@ def run_train(args) -> int:
     from helixrun_trainer.loop import train
 
     port = -1 if args.metrics_port is None else args.metrics_port
-    return train(cfg, tiny=args.tiny, metrics_port=port)
+    return train(cfg, metrics_port=port)
 
 
 def run_recipe_command(command: str, argv: list[str]) -> int:

@@ -106,14 +106,16 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def check_replicas_agree(env: DistEnv, model: torch.nn.Module) -> str:
-    """Under DDP every rank must hold the same weights; raise if they diverged."""
+    """Under DDP every rank must hold the same weights; raise if they diverged. Rank 0 logs the digest once:
+    the line a run's final weights are compared by (`weights sha256=<hex>`)."""
     digest = weights_digest(model)
     if env.initialized:
         digests = [None] * env.world_size
         dist.all_gather_object(digests, digest)
         if len(set(digests)) != 1:
             raise RuntimeError(f"ranks diverged: weight digests {digests}")
-    log.info("weights sha256=%s agree across %d rank(s)", digest, env.world_size)
+    if env.is_main:
+        log.info("weights sha256=%s agree across %d rank(s)", digest, env.world_size)
     return digest
 
 

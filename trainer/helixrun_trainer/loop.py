@@ -48,15 +48,16 @@ def total_steps_for(training, steps_per_epoch: float) -> int:
 class Trainer:
     """Owns the components; `run()` is the loop."""
 
-    def __init__(self, cfg: ResolvedRun, *, tiny: bool = False, metrics_port: int | None = -1):
-        self.cfg, self.tiny = cfg, tiny
+    def __init__(self, cfg: ResolvedRun, *, metrics_port: int | None = -1):
+        # A smoke run (spec.smokeTest, or --tiny locally) trains the recipe's tiny models on generated data.
+        self.cfg, self.tiny = cfg, cfg.smoke_test
         spec = cfg.typed_spec
         self.spec, self.plan = spec, cfg.plan
         training = spec.training
         set_deterministic()
         # Metrics answer from the start: rendezvous, data and a model download can outlast the stall
         # alert's window, and a silent port reads as a dead trainer. One port per local rank, so
-        # torchrun's per-GPU processes do not collide.
+        # a pod's per-GPU processes do not collide.
         placement = distributed.read_env(os.environ)
         port = spec.metrics.port if metrics_port == -1 else metrics_port
         self.prom = PrometheusExporter(run=cfg.name, namespace=cfg.namespace, rank=placement.rank,
@@ -74,9 +75,9 @@ class Trainer:
         # Model and data: the recipe's part. Same init on every rank (DDP also broadcasts).
         self.recipe = get_recipe(spec.recipe)
         # Data first: a bad path fails in seconds, before a model download.
-        self.data = self.recipe.build_data(cfg, tiny, Path(cfg.paths.data))
+        self.data = self.recipe.build_data(cfg, self.tiny, Path(cfg.paths.data))
         seed_all(self.seed)
-        model = self.recipe.build_model(cfg, tiny)
+        model = self.recipe.build_model(cfg, self.tiny)
         if self.plan.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
 
@@ -372,6 +373,8 @@ class Trainer:
             if self.env.is_main:
                 module = self.recipe.build_model(self.cfg, self.tiny)
                 module.load_state_dict(full)
+                log.info("weights sha256=%s gathered from %d shard(s)", distributed.weights_digest(module),
+                         self.env.world_size)
         if self.env.is_main:
             import shutil
 
@@ -382,8 +385,8 @@ class Trainer:
             os.replace(tmp, final)
             log.info("exported %s", final)
         distributed.barrier(self.env)
-def train(cfg: ResolvedRun, *, tiny: bool = False, metrics_port: int | None = -1) -> int:
-    trainer = Trainer(cfg, tiny=tiny, metrics_port=metrics_port)
+def train(cfg: ResolvedRun, *, metrics_port: int | None = -1) -> int:
+    trainer = Trainer(cfg, metrics_port=metrics_port)
     try:
         return trainer.run()
     finally:

@@ -28,6 +28,9 @@ PHASES = {
     "Suspended": "Suspended",
 }
 TRAINER_UID = 1000
+# The container's command. Our launcher, not torchrun: torchrun exits 1 whatever its child's code, and the
+# container's code is what restartPolicy ExitCode reads (trainer/helixrun_trainer/launch.py).
+COMMAND = ["helixrun-launch", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
 # Env we set unless the user already did (the training-operator owns PET_*, MASTER_*, RANK, WORLD_SIZE).
 OWN_ENV = {
     "HF_HOME": f"{POD_PATHS.model_cache}/huggingface",
@@ -62,10 +65,12 @@ def _resources(run: "ResolvedRun") -> dict:
 def _volumes(run: "ResolvedRun") -> tuple[list[dict], list[dict]]:
     from helixrun.render import MODEL_CACHE_CLAIM, checkpoint_claim_name, config_map_name
 
+    # A smoke run downloads nothing: no claim on the namespace's model cache, no data claim.
+    cache = {"emptyDir": {}} if run.smoke_test else {"persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}}
     volumes = [
         {"name": "config", "configMap": {"name": config_map_name(run.name)}},
         {"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint_claim_name(run.name)}},
-        {"name": "model-cache", "persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}},
+        {"name": "model-cache", **cache},
         # NCCL and DataLoader workers share tensors through /dev/shm; the default 64 MiB is too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "tmp", "emptyDir": {}},
@@ -78,7 +83,7 @@ def _volumes(run: "ResolvedRun") -> tuple[list[dict], list[dict]]:
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     data = run.spec.get("data") or {}
-    if data.get("pvc"):
+    if data.get("pvc") and not run.smoke_test:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": data["pvc"], "readOnly": True}})
         mounts.append({"name": "data", "mountPath": POD_PATHS.data, "readOnly": True})
     return volumes, mounts
@@ -93,10 +98,11 @@ def pod_template(run: "ResolvedRun", settings: "RenderSettings") -> dict:
     container = {
         "name": CONTAINER,
         "image": run.spec.get("image") or settings.trainer_image,
-        # torchrun reads nnodes, node rank, nproc and the master from the PET_* env the training-operator injects.
-        "command": ["torchrun", "--no-python", "helixrun-train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        # The launcher reads nodes, node rank, processes per node and the master from the PET_* env the
+        # training-operator injects, starts one trainer per GPU and exits with the first failing one's code.
+        "command": list(COMMAND),
         "env": _env(run),
-        # One exporter per process: torchrun's local rank i serves port + i (docs/METRICS.md).
+        # One exporter per process: local rank i serves port + i (docs/METRICS.md).
         "ports": scrape.container_ports(port, gpus)
         + [{"name": "pytorchjob-port", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}],
         "resources": _resources(run),

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from helixrun.recipes import DEFAULTS as RECIPE_DEFAULTS
+
 Family = Literal["llama", "esm", "bert-glu", "mamba-bi", "denoiser"]
 
 
@@ -241,6 +243,22 @@ def lookup(hf_id: str) -> Architecture:
         raise KeyError(f"model {hf_id!r} is not in the planner's catalog (known: {known})") from None
 
 
+# The shapes of the trainer's tiny models (smoke runs, `helixrun-train --tiny`): the same families at toy sizes,
+# as the recipes build them (esm2_mlm.py, metagene_classification.py, genechat/, ptm_mamba/, structdiff/).
+TINY_SHAPES: dict[str, dict] = {
+    "llama": dict(layers=2, hidden=64, heads=4, kv_heads=4, ffn=172, vocab=1024),
+    "esm": dict(layers=2, hidden=32, heads=4, ffn=128),
+    "bert-glu": dict(layers=2, hidden=64, heads=2, ffn=128),
+    "mamba-bi": dict(layers=2, hidden=32, d_state=8),
+    "denoiser": dict(layers=2, hidden=32, heads=4, ffn=128),
+}
+
+
+def tiny(arch: Architecture) -> Architecture:
+    """The toy version of an architecture that a smoke run trains: random-initialised, never downloaded."""
+    return replace(arch, display=f"tiny {arch.display}", trainable=True, notes=(), **TINY_SHAPES[arch.family])
+
+
 # -- what a recipe puts on the GPU ---------------------------------------------
 
 Role = Literal["train", "train-half", "lora", "frozen-nograd"]
@@ -281,20 +299,31 @@ class Composition:
         return next(c for c in self.components if c.role in ("train", "lora"))
 
 
+# Options that size a recipe's models: a smoke run's tiny models ignore them.
+SIZE_OPTIONS = frozenset({"denoiserHidden", "denoiserLayers", "denoiserHeads", "dModel", "layers"})
+
+
 def _opt(options, key, default):
     return options.get(key, default) if options else default
 
 
 def compose(spec) -> Composition:
-    """The components of a run, from its recipe and model (spec already merged with recipe defaults)."""
+    """The components of a run, from its recipe and model (spec already merged with recipe defaults).
+
+    A smoke run (spec.smokeTest) gets the tiny versions, whatever the size options say."""
     model = spec.model
-    options = model.options or {}
+    recipe = spec.recipe
+    smoke = bool(spec.smoke_test)
+    shape = tiny if smoke else (lambda arch: arch)
+    options = {k: v for k, v in (model.options or {}).items() if not (smoke and k in SIZE_OPTIONS)}
+    name, encoder_name = model.name, model.encoder
+    if smoke:  # the tiny models are the recipe's, whichever checkpoint the run names
+        name, encoder_name = RECIPE_DEFAULTS[recipe]["model"]["name"], RECIPE_DEFAULTS[recipe]["model"].get("encoder")
     seq = spec.data.max_sequence_length if spec.data and spec.data.max_sequence_length else 512
     method_role: Role = "train" if model.method == "full" else "lora"
-    recipe = spec.recipe
     if recipe == "genechat":
-        llm = lookup(model.name)
-        encoder = lookup(model.encoder or "zhihan1996/DNABERT-2-117M")
+        llm = shape(lookup(name))
+        encoder = shape(lookup(encoder_name or "zhihan1996/DNABERT-2-117M"))
         windows = int(_opt(options, "maxWindows", 313))
         window_tokens = math.ceil(int(_opt(options, "windowSize", 512)) / 4)  # BPE: ~4-5 nt per token; 4 is the safe side
         adapter = encoder.hidden * llm.hidden + llm.hidden
@@ -317,18 +346,18 @@ def compose(spec) -> Composition:
         )
     if recipe == "metagene-classification":
         labels = int(_opt(options, "numLabels", 2))
-        return Composition(recipe, (Component(lookup(model.name), method_role, head=f"cls:{labels}", tokens_per_sample=seq),))
+        return Composition(recipe, (Component(shape(lookup(name)), method_role, head=f"cls:{labels}", tokens_per_sample=seq),))
     if recipe == "esm2-mlm":
-        return Composition(recipe, (Component(lookup(model.name), method_role, head="mlm", tokens_per_sample=seq),))
+        return Composition(recipe, (Component(shape(lookup(name)), method_role, head="mlm", tokens_per_sample=seq),))
     if recipe == "structdiff":
-        esm = lookup(model.name)
+        esm = shape(lookup(name))
         hidden = int(_opt(options, "denoiserHidden", 256))
-        denoiser = Architecture(
+        denoiser = shape(Architecture(
             "structdiff/denoiser", f"StructDiff denoiser {hidden}x{int(_opt(options, 'denoiserLayers', 6))}",
             "denoiser", layers=int(_opt(options, "denoiserLayers", 6)), hidden=hidden,
             heads=int(_opt(options, "denoiserHeads", 8)), ffn=4 * hidden, vocab=esm.vocab,
             max_positions=seq, storage_dtype="fp32", attention=("eager", "sdpa"),
-        )
+        ))
         # Structure encoder (CNN + 8-head transformer + fusion) is small next to the denoiser: count it as
         # one more denoiser-sized block of trainable parameters.
         structure = denoiser.layer_params()
@@ -336,16 +365,16 @@ def compose(spec) -> Composition:
             recipe,
             (
                 Component(esm, "lora" if model.method != "full" else "train", head="none", tokens_per_sample=seq),
-                Component(denoiser, "train", tokens_per_sample=seq, extra_trainable=structure + esm.hidden * hidden,
+                Component(denoiser, "train", tokens_per_sample=seq, extra_trainable=structure + esm.hidden * denoiser.hidden,
                           extra_trainable_tensors=len(denoiser.layer_linears()) * 2 + 8),
             ),
             ("StructDiff: ESMFold structure features are precomputed (ESMFold never runs on the training GPU)",),
         )
     if recipe == "ptm-mamba":
-        mamba = lookup(model.name)
+        mamba = shape(lookup(name))
         dims = int(_opt(options, "dModel", mamba.hidden))
         mamba = mamba.with_shape(hidden=dims, layers=int(_opt(options, "layers", mamba.layers)))
-        esm = lookup(model.encoder or "facebook/esm2_t33_650M_UR50D")
+        esm = shape(lookup(encoder_name or "facebook/esm2_t33_650M_UR50D"))
         fusion = esm.hidden * dims + dims + 2 * dims * dims + dims  # Linear(1280->d) + gate Linear(2d->d)
         role: Role = "train" if model.method == "full" else "lora"
         on_the_fly = _opt(options, "esmEmbeddings", "on-the-fly") == "on-the-fly"
