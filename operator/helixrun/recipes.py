@@ -79,7 +79,8 @@ DEFAULTS: dict[str, dict] = {
                 "denoiserHeads": 8,
             },
         },
-        "data": {"format": "csv", "maxSequenceLength": 50},
+        # dataset.py: columns sequence and label (0 antimicrobial, 1 antifungal, 2 antiviral), 5-50 residues.
+        "data": {"format": "csv", "maxSequenceLength": 50, "options": {"labelColumn": "label", "minLength": 5}},
         "training": {
             "globalBatch": {"samples": 32},
             "optimizer": {"name": "adamw", "lr": 1e-4, "weightDecay": 0.01},
@@ -97,15 +98,23 @@ DEFAULTS: dict[str, dict] = {
             # Embeddings computed on the masked input every step: precomputed ones leak the targets.
             "options": {"dModel": 768, "layers": 24, "esmLayer": 33, "esmEmbeddings": "on-the-fly"},
         },
-        "data": {"format": "csv", "maxSequenceLength": 1024},
+        # Batches shuffled each epoch (batchOrder length-ascending is the reference's order; docs/FIDELITY.md).
+        "data": {"format": "csv", "maxSequenceLength": 1024,
+                 "options": {"layout": "sequences", "batchOrder": "shuffled", "tooLong": "skip"}},
         "training": {
             "globalBatch": {"tokens": 100_000},
             "optimizer": {"name": "adamw", "lr": 2e-4, "betas": [0.9, 0.98], "weightDecay": 0.01},
+                # separated_training.py: the ε loss never trains the sequence encoder.
+                "diffusionTrainsEncoder": False,
+                # Evaluation generates peptides (DDIM, the reference's ddim_steps 50; guidance as
+                # peptide_esmfold_config.yaml) and scores them as structdiff/metrics/ does.
+                "evalSamples": 64,
+                "evalSteps": 50,
+                "guidanceScale": 1.5,
             "schedule": {"name": "constant", "warmupSteps": 0},
-            "gradientClip": 1.0,
             "seed": 42,
         },
-        "evaluation": {"everySteps": 100, "metrics": ["loss", "perplexity"]},
+        "evaluation": {"everySteps": 100, "metrics": ["loss", "perplexity", "accuracy"]},
         "checkpointing": {"keepBest": {"metric": "eval_loss", "mode": "min"}},
     },
 }
@@ -125,6 +134,7 @@ COMMON: dict = {
     "suspend": False,
 }
 
+            # train.py: AdamW, Esm2LRScheduler(on_use=False) = constant, no gradient clipping.
 
 def merge(base: dict, override: dict) -> dict:
     """Deep-merge override onto base; mappings merge, everything else is replaced."""
@@ -135,6 +145,78 @@ def merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+# What a smoke run (spec.smokeTest, `helixrun-train --tiny`) of a recipe trains with over the smoke budget: its toy
+# models learn their generated data within the budget only at a toy model's learning rate and batch (measured for
+# PTM-Mamba and StructDiff: docs/FIDELITY.md).
+SMOKE: dict[str, dict] = {
+    "ptm-mamba": {"training": {"optimizer": {"lr": 5e-3}, "globalBatch": {"tokens": 1024}}},
+    "structdiff": {"model": {"options": {"evalSamples": 16, "evalSteps": 10}},
+                   "training": {"optimizer": {"lr": 1e-2}, "globalBatch": {"samples": 32}}},
+}
+
+_COUNT = {"type": "integer", "minimum": 1}
+_NAME = {"type": "string", "minLength": 1}
+# The recipe options (model.options, data.options) each recipe's trainer reads, as JSON Schema: resolve refuses
+# an unknown option or a bad value by field before a pod starts (recipes not listed take any options).
+OPTION_SCHEMAS: dict[str, dict[str, dict[str, dict]]] = {
+    "ptm-mamba": {
+        "model": {
+            "dModel": _COUNT, "layers": _COUNT, "esmLayer": _COUNT,
+            "esmEmbeddings": {"enum": ["on-the-fly", "precomputed"]},
+        },
+        "data": {
+            # sequences: one PTM-annotated sequence per row; sites: the reference's ptm_labels.csv.
+            "layout": {"enum": ["sequences", "sites"]},
+            "sequenceColumn": _NAME, "idColumn": _NAME, "positionColumn": _NAME, "tokenColumn": _NAME,
+            "valSize": {"type": "integer", "minimum": 0}, "testSize": {"type": "integer", "minimum": 0},
+            "splitSeed": {"type": "integer", "minimum": 0},
+            "tooLong": {"enum": ["skip", "error"]},
+            "batchOrder": {"enum": ["shuffled", "length-ascending"]},
+            "embeddingsDir": _NAME, "embedBatchSize": _COUNT,
+        },
+    },
+    "structdiff": {
+        "model": {
+            "foldingModel": _NAME, "structureCache": _NAME,
+            "timesteps": {"type": "integer", "minimum": 2},
+            "betaStart": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "betaEnd": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "noiseSchedule": {"enum": ["sqrt", "linear", "cosine"]},
+            "emaDecay": {"type": "number", "minimum": 0, "maximum": 1},
+            "denoiserHidden": _COUNT, "denoiserLayers": _COUNT, "denoiserHeads": _COUNT,
+            "diffusionTrainsEncoder": {"type": "boolean"},
+            "evalSamples": {"type": "integer", "minimum": 0}, "evalSteps": _COUNT,
+            "guidanceScale": {"type": "number", "minimum": 0},
+        },
+        "data": {
+            "sequenceColumn": _NAME, "labelColumn": _NAME, "minLength": _COUNT,
+            "evalFraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "onError": {"enum": ["raise", "skip"]},
+        },
+    },
+}
+
+
+def option_problems(spec: dict) -> list[tuple[str, str]]:
+    """(field, problem) for each model.options / data.options entry the (merged) spec's recipe does not take."""
+    import jsonschema
+
+    problems = []
+    for section, options in OPTION_SCHEMAS.get(spec["recipe"], {}).items():
+        given = (spec.get(section) or {}).get("options") or {}
+        for key, value in given.items():
+            field = f"spec.{section}.options.{key}"
+            if key not in options:
+                problems.append((field, f"recipe {spec['recipe']} has no such option (known: {', '.join(options)})"))
+                continue
+            error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(options[key]).iter_errors(value))
+            if error is not None:
+                problems.append((field, error.message))
+    betas = [((spec.get("model") or {}).get("options") or {}).get(k, d) for k, d in (("betaStart", 1e-4), ("betaEnd", 0.02))]
+    if spec["recipe"] == "structdiff" and all(type(b) in (int, float) for b in betas) and betas[0] >= betas[1]:
+        problems.append(("spec.model.options.betaEnd", "must be larger than betaStart"))
+    return problems
+
 
 
 def with_defaults(spec: dict) -> dict:
