@@ -46,4 +46,4 @@ def smoke_spec(spec: dict) -> dict:
     training["globalBatch"] = {unit: MICRO_BATCHES * seq if unit == "tokens" else MICRO_BATCHES}
     out.setdefault("checkpointing", {})["everySteps"] = _capped(merged, "checkpointing", "everySteps", CHECKPOINT_EVERY)
     out.setdefault("evaluation", {})["everySteps"] = _capped(merged, "evaluation", "everySteps", EVALUATION_EVERY)
-    return out
+    return recipes.merge(out, recipes.SMOKE.get(spec["recipe"], {}))

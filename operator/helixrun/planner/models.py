@@ -375,10 +375,10 @@ def compose(spec) -> Composition:
         dims = int(_opt(options, "dModel", mamba.hidden))
         mamba = mamba.with_shape(hidden=dims, layers=int(_opt(options, "layers", mamba.layers)))
         esm = shape(lookup(encoder_name or "facebook/esm2_t33_650M_UR50D"))
-        fusion = esm.hidden * dims + dims + 2 * dims * dims + dims  # Linear(1280->d) + gate Linear(2d->d)
+        fusion = esm.hidden * dims + 2 * dims + 1  # Linear(1280->d, no bias) + gate Linear(2d->1)
         role: Role = "train" if model.method == "full" else "lora"
         on_the_fly = _opt(options, "esmEmbeddings", "on-the-fly") == "on-the-fly"
-        components = [Component(mamba, role, head="lm", tokens_per_sample=seq, extra_trainable=fusion, extra_trainable_tensors=4)]
+        components = [Component(mamba, role, head="lm", tokens_per_sample=seq, extra_trainable=fusion, extra_trainable_tensors=3)]
         if on_the_fly:
             components.insert(0, Component(esm, "frozen-nograd", tokens_per_sample=seq))
         return Composition(recipe, tuple(components))
