@@ -37,7 +37,7 @@ COMMANDS = ("train", *RECIPE_COMMANDS)
 # --tiny: a smoke run on this one process, with a budget for a demo (seconds, not the pod smoke run's minute).
 TINY_SETS = (
     "smokeTest=true", "hardware.nodes=1", "hardware.gpusPerNode=1",
-    "training.maxSteps=40", "checkpointing.everySteps=5", "evaluation.everySteps=10",
+    "training.epochs=null", "training.maxSteps=40", "checkpointing.everySteps=5", "evaluation.everySteps=10",
 )
 
 
