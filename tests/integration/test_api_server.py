@@ -24,6 +24,9 @@ def test_examples_are_accepted_by_the_api_server(crd_installed, namespace, examp
         ({"env": [{"name": "HF_TOKEN", "value": "hf_inline"}]}, "spec.env"),
         ({"env": [{"name": "WORLD_SIZE", "value": "3"}]}, "spec.env"),
         ({"hardware": {"pool": "a800", "gpusPerNode": 0}}, "spec.hardware.gpusPerNode"),
+        ({"hardware": {"pool": "a800", "memoryPerGPU": "24GB"}}, "spec.hardware.memoryPerGPU"),
+        ({"hardware": {"pool": "a800", "cpuPerGPU": 0}}, "spec.hardware.cpuPerGPU"),
+        ({"smokeTest": "yes"}, "spec.smokeTest"),
         ({"metrics": {"port": 80}}, "spec.metrics.port"),
         ({"resumeFrom": "relative/step-10"}, "spec.resumeFrom"),
         ({"checkpointing": {"keepBest": {"metric": "eval_nonsense"}}}, "spec.checkpointing.keepBest.metric"),
@@ -34,6 +37,13 @@ def test_invalid_runs_are_refused_naming_the_field(crd_installed, namespace, cha
     result = apply(crd_installed, run_object(EXAMPLES / "run-esm2.yaml", **change), namespace, check=False)
     assert result.returncode != 0
     assert field in result.stderr, result.stderr
+
+
+def test_host_share_quantities_and_smoke_runs_are_accepted(crd_installed, namespace):
+    obj = run_object(EXAMPLES / "run-esm2.yaml", smokeTest=True,
+                     hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 1, "cpuPerGPU": 2, "memoryPerGPU": "3Gi"})
+    result = apply(crd_installed, obj, namespace, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_python_and_api_server_agree_on_validation(crd_installed, namespace):
