@@ -24,6 +24,8 @@ def smoke_object(**training) -> dict:
     obj = yaml.safe_load(EXAMPLE.read_text())
     obj["metadata"] = {"name": "esm2-smoke", "namespace": "bio"}
     obj["spec"].update(smokeTest=True, hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 1})
+    if "maxSteps" in training:
+        obj["spec"]["training"].pop("epochs", None)
     obj["spec"]["training"].update(training)
     return obj
 
@@ -54,7 +56,7 @@ def test_the_smoke_budget_is_a_cap_a_run_asking_for_less_keeps_its_own():
     assert resolve(smoke_run(maxSteps=60), default_pools()).spec["training"]["maxSteps"] == 60
     obj = smoke_object()
     obj["spec"]["checkpointing"]["everySteps"] = 10
-    del obj["spec"]["training"]["maxSteps"]
+    obj["spec"]["training"].pop("maxSteps", None)
     obj["spec"]["training"]["epochs"] = 2
     spec = resolve(api.TrainingRun.from_object(obj), default_pools()).spec
     assert spec["training"]["maxSteps"] == 200 and "epochs" not in spec["training"], "epochs of generated data"
@@ -102,7 +104,7 @@ def test_a_run_without_smoke_test_is_untouched():
     obj = smoke_object()
     del obj["spec"]["smokeTest"]
     resolved = resolve(api.TrainingRun.from_object(obj), default_pools())
-    assert not resolved.smoke_test and resolved.spec["training"]["maxSteps"] == 500000
+    assert not resolved.smoke_test and resolved.spec["training"]["globalBatch"] == {"tokens": 2000000}
     assert resolved.paths.data == "/data"
 
 

@@ -33,6 +33,7 @@ def pod_config(workdir: Path) -> Path:
     """The config.yaml of the run's ConfigMap, as the operator renders it; here the workdir is the volumes."""
     obj = yaml.safe_load(EXAMPLE.read_text())  # the ESM-2 example made a 2-node x 1-GPU smoke run
     obj["spec"].update(smokeTest=True, hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 1})
+    obj["spec"]["training"].pop("epochs", None)
     obj["spec"]["training"]["maxSteps"] = STEPS
     objects = render_run(resolve(api.TrainingRun.from_object(obj), default_pools()), RenderSettings())
     config = ResolvedRun.from_yaml(next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"])
