@@ -1,4 +1,4 @@
-"""python -m tests.cluster up|down|status|build [--state-dir .cluster]"""
+"""python -m tests.cluster up|down|status|build [--state-dir .cluster] [--real-node]"""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=["up", "down", "status", "build"])
     ap.add_argument("--state-dir", default=os.environ.get("HELIXRUN_CLUSTER_STATE", ".cluster"))
     ap.add_argument("--timeout", type=float, default=None, help="startup timeout scale in s (default 360)")
+    ap.add_argument("--real-node", action="store_true",
+                    help="up: also start a real node (containerd + kubelet, pool `local`); needs root")
     args = ap.parse_args(argv)
     state_dir = os.path.abspath(args.state_dir)
 
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(stale):
                 os.unlink(stale)
             t0 = time.monotonic()
-            cp = ControlPlane(state_dir=state_dir, keep_state=True, startup_timeout=args.timeout)
+            cp = ControlPlane(state_dir=state_dir, keep_state=True, startup_timeout=args.timeout,
+                              real_node=args.real_node)
             cp.start()
             print(
                 f"control plane up in {time.monotonic() - t0:.1f}s: server {cp.server}; "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the integration-test control-plane binaries from the Go modules pinned
-# in tests/cluster/tools/go.mod (and tools/helm/go.mod), once per machine.
+# in tests/cluster/tools/go.mod (and tools/helm/go.mod for helm, tools/node/go.mod
+# for the real node's CoreDNS and volume provisioner), once per machine.
 #
 #   tests/cluster/build.sh            # build if needed; last stdout line = bin dir
 #   tests/cluster/build.sh --print    # print the bin dir only, build nothing
@@ -26,15 +27,17 @@ export GOWORK=off GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="-mod=readonly -bu
 export CGO_ENABLED=0
 
 # Bump when the recipe below changes in a way that must invalidate old builds.
-recipe="v2 trimpath ldflags=-s-w+versions cgo0 helm=${HELIXRUN_BUILD_HELM:-1}"
+recipe="v3 trimpath ldflags=-s-w+versions cgo0 helm=${HELIXRUN_BUILD_HELM:-1}"
 
 # Binaries expected in the bin dir (name in bin dir).
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl training-operator)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok kwokctl
+      training-operator coredns hostpath-provisioner)
 if [[ "${HELIXRUN_BUILD_HELM:-1}" != 0 ]]; then bins+=(helm); fi
 
 key="$(
   {
-    cat "$tools/go.mod" "$tools/go.sum" "$tools/helm/go.mod" "$tools/helm/go.sum"
+    cat "$tools/go.mod" "$tools/go.sum" "$tools/helm/go.mod" "$tools/helm/go.sum" \
+        "$tools/node/go.mod" "$tools/node/go.sum" "$tools"/node/*/main.go
     echo "$recipe"
     go env GOVERSION GOOS GOARCH
   } | sha256sum | cut -c1-16
@@ -49,14 +52,18 @@ complete() {
 }
 
 # Data files the harness needs, taken from the same pinned modules (module
-# cache) so they always match the binaries: kwok's stock stages and the
-# training-operator's CRDs/webhook/kustomize manifests.
+# cache) so they always match the binaries: kwok's stock stages, the
+# training-operator's CRDs/webhook/kustomize manifests and Kubernetes' pause.c
+# (the real node compiles its sandbox image from it).
+moddir() { (cd "$tools" && go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
 copy_assets() { # $1 = destination bin dir
-  local share="$1/share" kwok op
-  rm -rf "$share.tmp" && mkdir -p "$share.tmp/kwok" "$share.tmp/training-operator"
-  kwok="$(cd "$tools" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-  op="$(cd "$tools" && go mod download -json github.com/kubeflow/training-operator | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-  [[ -d "$kwok" && -d "$op" ]] || { echo "build.sh: module sources not found" >&2; return 1; }
+  local share="$1/share" kwok op k8s
+  rm -rf "$share.tmp" && mkdir -p "$share.tmp/kwok" "$share.tmp/training-operator" "$share.tmp/pause"
+  kwok="$(moddir sigs.k8s.io/kwok)"
+  op="$(moddir github.com/kubeflow/training-operator)"
+  k8s="$(moddir k8s.io/kubernetes)"
+  [[ -d "$kwok" && -d "$op" && -d "$k8s" ]] || { echo "build.sh: module sources not found" >&2; return 1; }
+  cp "$k8s/build/pause/linux/pause.c" "$share.tmp/pause/"
   cp "$kwok/kustomize/stage/node/fast/node-initialize.yaml" \
      "$kwok/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
      "$kwok/kustomize/stage/pod/fast/pod-ready.yaml" \
@@ -124,6 +131,10 @@ if [[ "${HELIXRUN_BUILD_HELM:-1}" != 0 ]]; then
     go build -p "$p" -trimpath -ldflags="$ld" -o "$tmp/" tool
   )
 fi
+(
+  cd "$tools/node"
+  go build -p "$p" -trimpath -ldflags="-s -w" -o "$tmp/" ./coredns ./hostpath-provisioner
+)
 # go names a binary after the last path element that is not a major version:
 # go.etcd.io/etcd/server/v3 -> "server".
 mv "$tmp/server" "$tmp/etcd"

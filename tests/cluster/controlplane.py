@@ -8,6 +8,10 @@ Runs, as local processes on 127.0.0.1 with free ports chosen at start:
 * kube-scheduler
 * kwok                      (fakes the kubelets of six GPU nodes; see NODE_POOLS)
 * training-operator v1.9.4  (PyTorchJob only, real validating webhook)
+* with ``real_node=True``: a real node (containerd + kubelet + kube-proxy +
+  CoreDNS + a hostPath provisioner) in a network namespace of its own, pool
+  ``local``; see realnode.py. The apiserver then listens on the host end of
+  the node's veth pair instead of loopback, so pods can reach it.
 
 Binaries come from tests/cluster/build.sh (pinned Go modules).  Only the
 Python standard library is used here, plus the ``kubectl`` binary that
@@ -49,6 +53,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from . import realnode
 
 HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE / "build.sh"
@@ -578,6 +584,7 @@ class ControlPlane:
         startup_timeout: float | None = None,
         verbosity: int = 1,
         die_with_parent: bool = False,
+        real_node: bool = False,
     ):
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="helixrun-cluster-")).resolve()
@@ -592,6 +599,8 @@ class ControlPlane:
         # Children get SIGKILL when this process dies (PR_SET_PDEATHSIG), e.g. a
         # pytest run killed by a CI timeout. Off for the CLI, whose `up` exits.
         self.die_with_parent = die_with_parent
+        self.real_node = real_node
+        self.node_state: realnode.NodeState | None = None
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
         self.server: str | None = None
@@ -648,7 +657,10 @@ class ControlPlane:
         In reverse start order, one at a time (operator, kwok, scheduler, kcm,
         apiserver, etcd): SIGTERM to the whole group, up to ``timeout`` s,
         then SIGKILL.  Stopping etcd/apiserver together with their clients
-        makes the clients hang in shutdown; in order it takes ~2-3 s.
+        makes the clients hang in shutdown; in order it takes ~2-3 s.  A real
+        node's containers outlive containerd (each has a shim of its own):
+        afterwards they are killed and what they left behind (mounts,
+        network namespaces) is removed.
         """
         for p in reversed(self.procs):
             p.signal_group(signal.SIGTERM)
@@ -662,6 +674,9 @@ class ControlPlane:
                 while p.group_alive() and time.monotonic() < kill_deadline:
                     p.reap()
                     time.sleep(0.02)
+        if self.node_state is not None:
+            realnode.teardown(self.node_state)
+            self.node_state = None
         leftover = [p for p in self.procs if p.group_alive()]
         for p in self.procs:
             if p.popen is not None:
@@ -727,6 +742,7 @@ class ControlPlane:
             "ports": self.ports,
             "procs": [p.to_json() for p in self.procs],
             "timings": self.timings,
+            "real_node": self.node_state.describe() if self.node_state else None,
         }
 
     # -- persisted state (for the CLI: `up` in one process, `down` in another)
@@ -746,6 +762,9 @@ class ControlPlane:
         cp.ports = data["ports"]
         cp.timings = data.get("timings", {})
         cp.procs = [Proc(d["name"], d["pid"], d["start_time"], d["log"]) for d in data["procs"]]
+        if data.get("real_node"):
+            cp.real_node = True
+            cp.node_state = realnode.NodeState.from_json(data["real_node"])
         cp.started = True
         return cp
 
@@ -808,8 +827,11 @@ class ControlPlane:
         t0 = time.monotonic()
         names = ["etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "op_metrics", "op_health", "op_webhook"]
         self.ports = dict(zip(names, free_ports(len(names))))
+        if self.real_node:
+            realnode.check_prerequisites()
+            self.node_state = realnode.NodeState.allocate(self.state_dir)
         self._make_pki()
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.server = f"https://{self.apiserver_host}:{self.ports['apiserver']}"
         self._write_kubeconfig()
         self._phase("pki", t0)
 
@@ -823,6 +845,14 @@ class ControlPlane:
         self._phase("kwok_nodes_ready", t0)
         self._start_training_operator()
         self._phase("training_operator", t0)
+        if self.node_state is not None:
+            realnode.RealNode(self, self.node_state).start()
+            self._phase("real_node", t0)
+
+    @property
+    def apiserver_host(self) -> str:
+        """Loopback, or with a real node the host end of its veth pair (pods must reach the apiserver)."""
+        return self.node_state.network.host_ip if self.node_state else "127.0.0.1"
 
     # PKI ---------------------------------------------------------------
 
@@ -844,7 +874,7 @@ class ControlPlane:
             d, "apiserver", "ca", "/CN=kube-apiserver",
             "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+            f"subjectAltName=IP:127.0.0.1,IP:{self.apiserver_host},IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n",
         )
         _issue_cert(
@@ -940,8 +970,8 @@ class ControlPlane:
             [
                 self.binary("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.apiserver_host}",
+                f"--advertise-address={self.apiserver_host}",
                 f"--secure-port={p['apiserver']}",
                 f"--cert-dir={self.state_dir / 'pki'}",
                 f"--tls-cert-file={d / 'apiserver.crt'}",
@@ -959,10 +989,11 @@ class ControlPlane:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={d / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={d / 'front-proxy-client.key'}",
-                # No token-bearing ServiceAccount admission: pods on kwok nodes never run.
-                "--disable-admission-plugins=ServiceAccount",
-                # The "kubernetes" Endpoints may not point at loopback; nothing needs them.
-                "--endpoint-reconciler-type=none",
+                # exec/logs reach the kubelet at its node IP, as the admin.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={d / 'admin.crt'}",
+                f"--kubelet-client-key={d / 'admin.key'}",
+                *self._pod_facing_apiserver_flags(),
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--v={self.verbosity}",
@@ -974,6 +1005,17 @@ class ControlPlane:
             return code == 200 and body.strip() == "ok"
 
         wait_until("kube-apiserver /readyz", ready, self._t(120), alive=self._check_alive)
+
+    def _pod_facing_apiserver_flags(self) -> list[str]:
+        if self.node_state is not None:
+            # Real pods get ServiceAccount tokens and find the apiserver through the kubernetes Service.
+            return []
+        return [
+            # No token-bearing ServiceAccount admission: pods on kwok nodes never run.
+            "--disable-admission-plugins=ServiceAccount",
+            # The "kubernetes" Endpoints may not point at loopback; nothing needs them.
+            "--endpoint-reconciler-type=none",
+        ]
 
     def _start_kcm_and_scheduler(self) -> None:
         d = self.state_dir / "pki"
@@ -1086,6 +1128,8 @@ class ControlPlane:
         )
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/pytorchjobs.kubeflow.org")
         p = self.ports
+        init_template = self.state_dir / "training-operator-init-container.yaml"
+        init_template.write_text(realnode.init_container_template())
         self._spawn(
             "training-operator",
             [
@@ -1095,6 +1139,8 @@ class ControlPlane:
                 f"--metrics-bind-address=127.0.0.1:{p['op_metrics']}",
                 f"--health-probe-bind-address=127.0.0.1:{p['op_health']}",
                 f"--webhook-server-port={p['op_webhook']}",
+                f"--pytorch-init-container-image={realnode.INIT_IMAGE}",
+                f"--pytorch-init-container-template-file={init_template}",
                 "--leader-elect=false",
                 "--zap-devel=false",
             ],
