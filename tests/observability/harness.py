@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,11 +105,15 @@ class Process:
 
 
 class Prometheus(Process):
-    def __init__(self, workdir: Path, scrape_configs: list[dict], rules: dict | None = None):
+    """Prometheus on a free port; `host` and `prefix` place it elsewhere (e.g. in a real node's network
+    namespace, listening on the node's address, so it reaches pod IPs)."""
+
+    def __init__(self, workdir: Path, scrape_configs: list[dict], rules: dict | None = None,
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
         binary = require("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         config: dict = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
             "scrape_configs": scrape_configs,
@@ -118,10 +123,11 @@ class Prometheus(Process):
             config["rule_files"] = [str(workdir / "rules.yaml")]
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         super().__init__("prometheus", [
+            *prefix,
             binary,
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={host}:{self.port}",
             "--log.level=warn",
         ], workdir / "prometheus.log")
 
@@ -190,3 +196,71 @@ def start_operator_metrics(tmp: Path, port: int, runs: list[tuple[str, str, str,
     spec = json.dumps({"runs": runs, "restarts": restarts, "refused": refused})
     return Process("operator metrics", [sys.executable, str(STANDIN), "--port", str(port), "--spec", spec],
                    tmp / "operator-metrics.log")
+
+
+# -- dashboards, evaluated as Grafana would ----------------------------------------
+
+# What Grafana puts in for its built-in variables at a 1 s scrape interval.
+GRAFANA_BUILTINS = {"__rate_interval": "5s", "__range": "1m", "__interval": "1s"}
+
+
+def not_on_cpu() -> set[str]:
+    """Series a CPU-only run cannot export: CUDA-only trainer metrics and DCGM's."""
+    from helixrun.metrics_contract import TRAINER_METRICS
+    from helixrun.telemetry import dcgm
+    from helixrun.telemetry.promql import exposition_names
+
+    return set(dcgm.DCGM_METRICS).union(*(exposition_names(m) for m in TRAINER_METRICS if m.cuda_only))
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), expr)
+
+
+def dashboard_variables(prom: Prometheus, board: dict, choices: dict[str, str]) -> dict[str, str]:
+    """Resolve the dashboard's query variables through Prometheus, as Grafana would."""
+    values = dict(GRAFANA_BUILTINS)
+    for var in board["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        query = substitute(var["query"], values)
+        match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
+        assert match, f"variable ${var['name']}: unexpected query {query!r}"
+        found = prom.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
+        assert found["status"] == "success", f"variable ${var['name']}: {query}: {found}"
+        assert found["data"], f"variable ${var['name']}: {query} offers no values"
+        if var.get("includeAll"):
+            values[var["name"]] = var.get("allValue") or ".*"
+        else:
+            wanted = choices.get(var["name"], found["data"][0])
+            assert wanted in found["data"], f"variable ${var['name']} offers {found['data']}, not {wanted!r}"
+            values[var["name"]] = wanted
+    return values
+
+
+def load_dashboard(filename: str) -> dict:
+    from helixrun.telemetry import dashboards
+
+    return json.loads((dashboards.CHART_DIR / dashboards.DASHBOARD_DIR / filename).read_text())
+
+
+def dashboard_problems(prom: Prometheus, filename: str, choices: dict[str, str]) -> tuple[list[str], int]:
+    """Every panel query of a chart dashboard, variables resolved: the ones that do not evaluate or (unless
+    they read CUDA-only or DCGM series, absent on CPU) return no data; and how many were checked."""
+    from helixrun.telemetry import dashboards
+    from helixrun.telemetry.promql import metric_names
+
+    board = load_dashboard(filename)
+    values = dashboard_variables(prom, board, choices)
+    absent_on_cpu = not_on_cpu()
+    problems, checked = [], 0
+    for title, expr in dashboards.panel_queries(board):
+        query = substitute(expr, values)
+        assert "$" not in query, f"{title}: unresolved variable in {query}"
+        answer = prom.query(query)
+        checked += 1
+        if answer.get("status") != "success":
+            problems.append(f"{title}: {query}\n  does not evaluate: {answer.get('error')}")
+        elif not answer["data"]["result"] and not (metric_names(expr) & absent_on_cpu):
+            problems.append(f"{title}: {query}\n  returns no data")
+    return problems, checked

@@ -7,9 +7,7 @@ Needs Debian's prometheus 2.42, which `make debian-packages` unpacks (tests/debi
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 
 import pytest
@@ -19,7 +17,16 @@ from helixrun.metrics_contract import OPERATOR_METRICS, TRAINER_METRICS
 from helixrun.telemetry import alerts, dashboards, dcgm
 from helixrun.telemetry.promql import exposition_names, metric_names
 
-from .harness import Prometheus, http_get, poll, start_operator_metrics, start_trainer
+from .harness import (
+    Prometheus,
+    dashboard_problems,
+    http_get,
+    load_dashboard,
+    not_on_cpu,
+    poll,
+    start_operator_metrics,
+    start_trainer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +42,6 @@ TEST_RULES = {
     "restartsWindow": "1m", "restartsThreshold": 1, "restartsFor": "1s",
     "gpuMemoryFor": "2s",
 }
-# What Grafana would put in for its built-in variables at a 1 s scrape interval.
-BUILTINS = {"__rate_interval": "5s", "__range": "1m", "__interval": "1s"}
-
-NOT_ON_CPU = set(dcgm.DCGM_METRICS).union(*(exposition_names(m) for m in TRAINER_METRICS if m.cuda_only))
 
 
 @pytest.fixture(scope="module")
@@ -104,51 +107,9 @@ def stack(tmp_path_factory):
             process.stop(graceful=isinstance(process, Prometheus))  # trainers: no checkpoint on the way out
 
 
-def _substitute(expr: str, values: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), m.group(0)), expr)
-
-
-def _variables(prom: Prometheus, board: dict, choices: dict[str, str]) -> dict[str, str]:
-    """Resolve the dashboard's query variables through Prometheus, as Grafana would."""
-    values = dict(BUILTINS)
-    for var in board["templating"]["list"]:
-        if var["type"] != "query":
-            continue
-        query = _substitute(var["query"], values)
-        match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query)
-        assert match, f"variable ${var['name']}: unexpected query {query!r}"
-        found = prom.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
-        assert found["status"] == "success", f"variable ${var['name']}: {query}: {found}"
-        assert found["data"], f"variable ${var['name']}: {query} offers no values"
-        if var.get("includeAll"):
-            values[var["name"]] = var.get("allValue") or ".*"
-        else:
-            wanted = choices.get(var["name"], found["data"][0])
-            assert wanted in found["data"], f"variable ${var['name']} offers {found['data']}, not {wanted!r}"
-            values[var["name"]] = wanted
-    return values
-
-
-def _dashboard(filename: str) -> dict:
-    return json.loads((dashboards.CHART_DIR / dashboards.DASHBOARD_DIR / filename).read_text())
-
-
 @pytest.mark.parametrize("filename", sorted(dashboards.DASHBOARDS))
 def test_every_dashboard_query_parses_and_returns_data(stack, filename):
-    prom = stack["prom"]
-    board = _dashboard(filename)
-    values = _variables(prom, board, {"namespace": NAMESPACE, "run": RUN})
-    problems, checked = [], 0
-    for title, expr in dashboards.panel_queries(board):
-        query = _substitute(expr, values)
-        assert "$" not in query, f"{title}: unresolved variable in {query}"
-        answer = prom.query(query)
-        checked += 1
-        if answer.get("status") != "success":
-            problems.append(f"{title}: {query}\n  does not evaluate: {answer.get('error')}")
-            continue
-        if not answer["data"]["result"] and not (metric_names(expr) & NOT_ON_CPU):
-            problems.append(f"{title}: {query}\n  returns no data")
+    problems, checked = dashboard_problems(stack["prom"], filename, {"namespace": NAMESPACE, "run": RUN})
     assert checked >= 10, f"{filename}: only {checked} queries found"
     assert not problems, f"{filename}:\n" + "\n".join(problems) + stack["diagnostics"]()
 
@@ -161,22 +122,23 @@ def _exposed(port: int) -> set[str]:
 def test_dashboards_and_alerts_name_only_metrics_the_processes_export(stack):
     trainer_exposed = _exposed(stack["ports"]["run"])
     operator_exposed = _exposed(stack["ports"]["op"])
+    absent_on_cpu = not_on_cpu()
     trainer_names = set().union(*(exposition_names(m) for m in TRAINER_METRICS))
     operator_names = set().union(*(exposition_names(m) for m in OPERATOR_METRICS))
-    exprs = [(f"{f}: {t}", e) for f in dashboards.DASHBOARDS for t, e in dashboards.panel_queries(_dashboard(f))]
+    exprs = [(f"{f}: {t}", e) for f in dashboards.DASHBOARDS for t, e in dashboards.panel_queries(load_dashboard(f))]
     exprs += [(r["alert"], r["expr"]) for r in alerts.rules_file()["groups"][0]["rules"]]
     problems = []
     for where, expr in exprs:
         for name in metric_names(expr) - set(dcgm.DCGM_METRICS) - {"up"}:
             if name not in trainer_names | operator_names:
                 problems.append(f"{where}: {name} is not in the metrics contract")
-            elif name in trainer_names and name not in trainer_exposed and name not in NOT_ON_CPU:
+            elif name in trainer_names and name not in trainer_exposed and name not in absent_on_cpu:
                 problems.append(f"{where}: {name} is not exported by the live trainer")
             elif name in operator_names and name not in operator_exposed:
                 problems.append(f"{where}: {name} is not exported by the operator's metrics server")
     assert not problems, "\n".join(problems)
     # And the other way round: every documented CPU series is exported (the contract is not aspirational).
-    missing = {n for n in trainer_names - NOT_ON_CPU if n not in trainer_exposed}
+    missing = {n for n in trainer_names - absent_on_cpu if n not in trainer_exposed}
     assert not missing, f"the trainer does not export {sorted(missing)}"
     assert operator_names <= operator_exposed, f"the operator does not export {sorted(operator_names - operator_exposed)}"
 
