@@ -57,3 +57,16 @@ def test_scheduler_follows_lr_at_and_round_trips():
     assert sched2.get_last_lr() == sched.get_last_lr()
     opt.step(), sched.step(), opt2.step(), sched2.step()
     assert sched2.get_last_lr() == sched.get_last_lr() == pytest.approx([lr_at(6, **kw(name="linear", final_lr_fraction=0.1))])
+
+
+def test_warmup_starts_at_warmup_start_lr():
+    assert lr_at(0, **kw(name="cosine", warmup_start_lr=0.2)) == pytest.approx(0.2 + 0.8 * 1 / 4)
+    assert lr_at(3, **kw(name="cosine", warmup_start_lr=0.2)) == pytest.approx(1.0)
+
+
+def test_decay_steps_stretch_the_decay_past_the_last_step():
+    """A run stopped early keeps the longer schedule's curve: at step 6 of a cosine aimed at step 104,
+    the rate has barely moved."""
+    stretched = lr_at(6, **kw(name="cosine", decay_end=104))
+    assert stretched == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 99)))
+    assert lr_at(103, **kw(name="cosine", decay_end=104, total_steps=200, min_lr=0.1)) == pytest.approx(0.1)

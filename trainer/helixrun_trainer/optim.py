@@ -3,11 +3,13 @@
 Schedules are pure functions of the step (lr_at), wrapped in a LambdaLR so the
 scheduler's state_dict round-trips through checkpoints. Step s (0-based count of
 optimizer steps already taken) uses lr_at(s):
-- warmup: linear from lr/warmup to lr over warmupSteps (step 0 gets lr/warmup,
-  so the first update is never zero);
+- warmup: linear from warmupStartLr (default 0) to lr over warmupSteps, step 0
+  already one step up (so the first update is never zero);
 - cosine: from lr down to minLr at the last step;
 - linear: from lr down to lr*finalLrFraction at the last step;
 - constant: lr after warmup.
+decaySteps puts the decay's end elsewhere than the last step: a run stopped
+early (GeneChat's published run) keeps the curve of the longer schedule.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import torch
 
 
 def lr_at(step: int, *, lr: float, total_steps: int, name: str = "cosine", warmup_steps: int = 0,
-          min_lr: float = 0.0, final_lr_fraction: float = 0.0) -> float:
+          min_lr: float = 0.0, final_lr_fraction: float = 0.0, warmup_start_lr: float = 0.0,
+          decay_end: int | None = None) -> float:
     if warmup_steps > 0 and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
+        return warmup_start_lr + (lr - warmup_start_lr) * (step + 1) / warmup_steps
     if name == "constant":
         return lr
-    decay_steps = max(1, total_steps - warmup_steps - 1)
+    decay_steps = max(1, (decay_end or total_steps) - warmup_steps - 1)
     progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
     if name == "cosine":
         return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -43,6 +46,8 @@ def schedule_kwargs(training, total_steps: int) -> dict:
         warmup_steps=(sched.warmup_steps if sched else None) or 0,
         min_lr=(sched.min_lr if sched else None) or 0.0,
         final_lr_fraction=(sched.final_lr_fraction if sched and sched.final_lr_fraction is not None else 0.0),
+        warmup_start_lr=(sched.warmup_start_lr if sched else None) or 0.0,
+        decay_end=(sched.decay_steps if sched else None) or None,
     )
 
 
