@@ -41,6 +41,14 @@ class Dockerfile:
     def runs(self) -> list[str]:
         return [args for stage in self.stages for args in stage.all("RUN")]
 
+    def lineage(self, stage: Stage) -> list[Stage]:
+        """`stage` and the stages it is built FROM, base first."""
+        by_name = {s.name: s for s in self.stages if s.name}
+        chain = [stage]
+        while chain[0].base in by_name:
+            chain.insert(0, by_name[chain[0].base])
+        return chain
+
 
 def logical_lines(text: str) -> list[str]:
     lines, current = [], ""
@@ -93,11 +101,40 @@ def pip_installs(run: str) -> list[list[str]]:
     commands.append(current)
     out = []
     for words in commands:
-        for i in range(len(words) - 1):
-            if words[i].endswith("pip") and words[i + 1] == "install":
-                out.append(words[i + 2:])
+        for i, word in enumerate(words):
+            if word.endswith("pip") and (j := _subcommand(words, i + 1)) is not None and words[j] == "install":
+                out.append(words[j + 1:])
                 break
     return out
+
+
+def _subcommand(words: list[str], i: int) -> int | None:
+    """Index of pip's subcommand after its global options (`pip --python X install ...`)."""
+    while i < len(words) and words[i].startswith("-"):
+        i += 2 if words[i] == "--python" else 1
+    return i if i < len(words) else None
+
+
+def bind_mounts(run: str) -> dict[str, str]:
+    """{target: source} of a RUN's bind mounts from the build context (not from another stage)."""
+    mounts = {}
+    for spec in re.findall(r"--mount=(\S+)", run):
+        options = dict(o.partition("=")[::2] for o in spec.split(","))
+        if options.get("type") == "bind" and "from" not in options:
+            mounts[options["target"]] = options.get("source", ".")
+    return mounts
+
+
+def install_targets(path: Path) -> dict[str, set[str]]:
+    """{'operator' or 'trainer': extras} for the repository's packages a Dockerfile pip-installs."""
+    targets: dict[str, set[str]] = {}
+    for run in parse(path).runs():
+        for args in pip_installs(run):
+            for word in args:
+                m = re.fullmatch(r"(?:\./|/src/)(operator|trainer)(?:\[([^\]]*)\])?", word)
+                if m:
+                    targets.setdefault(m.group(1), set()).update(filter(None, (m.group(2) or "").split(",")))
+    return targets
 
 
 def requirement_pins(path: Path) -> dict[str, str]:
