@@ -18,15 +18,19 @@ DEFAULTS: dict[str, dict] = {
             "encoder": "zhihan1996/DNABERT-2-117M",
             "method": "lora",
             "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "targetModules": ["q_proj", "v_proj"]},
-            # 512-nt windows overlapping by 10 nt, capped as the reference caps genes at 160 kb.
-            "options": {"windowSize": 512, "windowOverlap": 10, "maxWindows": 313, "trainAdapter": True},
+            # The reference's windows (every 512 nt, reaching 10 nt back; 313 at most, genes cut at 160 kb), its
+            # frozen adapter (released configs: freeze_adaptor) and its 512-token answer cap (max_txt_len).
+            "options": {"windowSize": 512, "windowOverlap": 10, "maxWindows": 313, "trainAdapter": False,
+                        "maxTextTokens": 512},
         },
         "data": {"format": "genechat-json", "maxSequenceLength": 512},
         "training": {
+            # genechat_stage1.yaml in optimizer steps (4 batch-1 iterations each): warmup 2,500 iterations from
+            # 1e-6, cosine to 1e-6 over max_iters 2,000,000; no gradient clipping.
             "globalBatch": {"samples": 4},
             "optimizer": {"name": "adamw", "lr": 1e-4, "weightDecay": 0.0},
-            "schedule": {"name": "cosine", "warmupSteps": 2500, "minLr": 1e-6},
-            "gradientClip": 1.0,
+            "schedule": {"name": "cosine", "warmupSteps": 625, "warmupStartLr": 1e-6, "minLr": 1e-6,
+                         "decaySteps": 500_000},
             "seed": 42,
         },
         "evaluation": {"everySteps": 1000, "metrics": ["loss", "bleu", "meteor"]},

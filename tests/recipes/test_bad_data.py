@@ -250,11 +250,11 @@ def test_genechat_skips_and_counts_bad_genes_on_request(tmp_path, caplog):
                     {"Gene Id": "3", "Summary": "c"}])
     with caplog.at_level(logging.WARNING):
         items = _genechat_data(tmp_path, "onError=skip")
-    assert [i[0] for i in items] == ["1"] and "skipped 2 QA items" in caplog.text
+    assert [i.gene_id for i in items] == ["1"] and "skipped 2 QA items" in caplog.text
 
 
 def test_genechat_missing_split_points_at_prepare(tmp_path):
     from helixrun_trainer.recipes.genechat import read_split
 
-    with pytest.raises(DataError, match="run `python -m helixrun_trainer.recipes.genechat prepare`"):
+    with pytest.raises(DataError, match="run `helixrun-train prepare genechat`"):
         read_split(tmp_path / "nowhere" / "train", "raise")

@@ -103,7 +103,10 @@ def test_prepare_builds_recorded_deterministic_splits(tmp_path):
     assert mapping["skipped"] == {"no-summary": 1, "no-sequence": 1, "invalid-sequence": 1}
     assert {"5", "7", "9"}.isdisjoint(mapping["genes"])
     train = read_split(out / "train", "raise")
-    assert len(train) == 48 and all(q.startswith("Please predict") for _, _, q, _ in train)
+    summary = [i for i in train if i.kind == "summary"]
+    assert len(summary) == 48 and all(i.question is None for i in summary), "summary questions are drawn per sample"
+    # organism (from the file name), locus type, chromosome, symbol, full name; no exon counts were given
+    assert len(train) - len(summary) == 5 * 48
     qa = json.loads((out / "train" / "qa_summary_rule.json").read_text())
     assert qa[0]["Name"].startswith("GENE")
     again = tmp_path / "again"

@@ -60,16 +60,18 @@ def test_genechat_production_data_builds_before_the_model_with_dnabert2_tokenize
     import json
 
     from helixrun_trainer.recipes.dna_tokenizer import dnabert2_tokenizer
-    from helixrun_trainer.recipes.genechat import GeneChatRecipe, tiny_corpus, tiny_genes, tiny_text_tokenizer
+    from helixrun_trainer.recipes.genechat import (FAMILIES, GeneChatRecipe, tiny_corpus, tiny_genes, tiny_items,
+                                                   tiny_text_tokenizer)
 
     genes = tiny_genes(0, n=4)
     encoder, llm = tmp_path / "DNABERT-2", tmp_path / "vicuna"
-    dnabert2_tokenizer([s for _, s, _, _ in genes]).save_pretrained(str(encoder))
-    tiny_text_tokenizer(tiny_corpus(genes), None).save_pretrained(str(llm))
+    dnabert2_tokenizer([s for _, s, _ in genes]).save_pretrained(str(encoder))
+    tiny_text_tokenizer(tiny_corpus(tiny_items(genes)), None).save_pretrained(str(llm))
     split = tmp_path / "data" / "ncbi" / "train"
     split.mkdir(parents=True)
-    (split / "seq.json").write_text(json.dumps({gene: [seq] for gene, seq, _, _ in genes}))
-    (split / "qa_summary_rule.json").write_text(json.dumps([{"Gene Id": g, "Summary": a} for g, _, _, a in genes]))
+    (split / "seq.json").write_text(json.dumps({gene: [seq] for gene, seq, _ in genes}))
+    (split / "qa_summary_rule.json").write_text(json.dumps([{"Gene Id": g, "Summary": FAMILIES[f][1]}
+                                                            for g, _, f in genes]))
     cfg = tiny_config("genechat", tmp_path, f"model.name={llm}", f"model.encoder={encoder}")
     data = GeneChatRecipe().build_data(cfg, tiny=False, data_dir=tmp_path / "data")  # no model built
     batch = data.collate(data.train[:2], None)

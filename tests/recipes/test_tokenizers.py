@@ -62,19 +62,20 @@ def test_ptm_masking_targets_ptms_and_never_specials(sequences, seed):
 
 
 @given(dna, st.sampled_from([(512, 10), (64, 10), (10, 3)]))
-def test_gene_windows_cover_the_gene_with_the_stated_overlap(sequence, shape):
+def test_gene_windows_cover_the_gene_reaching_back_by_the_overlap(sequence, shape):
     size, overlap = shape
     windows = gene_windows(sequence, size, overlap, max_windows=10**6)
-    assert windows[0] == sequence[:size]
-    assert all(len(w) <= size for w in windows)
+    assert windows[0] == sequence[:size] and len(windows) == -(-len(sequence) // size)
+    assert all(len(w) <= size + overlap for w in windows)
     for a, b in zip(windows, windows[1:]):
-        assert len(a) == size and a[-overlap:] == b[:overlap]
+        assert a[-overlap:] == b[:overlap]
     rebuilt = windows[0] + "".join(w[overlap:] for w in windows[1:])
     assert rebuilt == sequence, "the windows do not cover the gene exactly"
 
 
 def test_gene_windows_stop_at_max_windows():
     assert len(gene_windows("A" * 160_000 * 2, 512, 10, 313)) == 313
+    assert len(gene_windows("A" * 160_000 * 2, 512, 10, 100)) == 100
 
 
 @settings(deadline=None)

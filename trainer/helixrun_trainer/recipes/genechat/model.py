@@ -2,9 +2,9 @@
 
     windows  [B, W, T] token ids of each gene's 512-nt windows (W padded, window_valid marks real ones)
     vectors  = mean over tokens of Encoder(windows)          [B, W, H]   frozen, no grad, in chunks
-    gene     = Adapter(vectors)                               [B, W, D]   Linear(H -> D), trainable
+    gene     = Adapter(vectors)                               [B, W, D]   Linear(H -> D), frozen unless trained
     embeds   = LLM.embed(input_ids) with gene[b, slot] at the <gene> slots
-    loss     = LLM(inputs_embeds, labels) over the answer tokens only
+    losses   = per sample: mean cross-entropy over its answer tokens              [B]
 
 The reference runs batch 1; here each sample's windows occupy its own slots
 and padding windows are never attended to, so any batch size gives the same
@@ -19,7 +19,7 @@ from torch import nn
 
 class GeneChat(nn.Module):
     def __init__(self, encoder: nn.Module, llm: nn.Module, encoder_hidden: int, llm_hidden: int,
-                 train_adapter: bool = True, encoder_chunk: int = 64):
+                 train_adapter: bool = False, encoder_chunk: int = 64):
         super().__init__()
         self.encoder = encoder
         for p in self.encoder.parameters():
@@ -62,14 +62,16 @@ class GeneChat(nn.Module):
         return torch.where((gene_slot >= 0).unsqueeze(-1), placed, text)
 
     def forward(self, input_ids, attention_mask, gene_slot, labels, windows, window_mask, window_valid):
+        """Each sample's loss, the mean over its answer tokens: the reference's batch-1 loss, per row."""
         embeds = self.embed(input_ids, gene_slot, windows, window_mask, window_valid)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
-        return out.loss, out.logits
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        counted = (targets != -100).sum(1)
+        return nll.sum(1) / counted.clamp(min=1)
 
     @torch.no_grad()
-    def generate(self, prompt_ids, prompt_mask, prompt_slot, windows, window_mask, window_valid,
-                 max_new_tokens: int = 512, num_beams: int = 1, eos_token_id=None, pad_token_id=None):
+    def generate(self, prompt_ids, prompt_mask, prompt_slot, windows, window_mask, window_valid, **generation):
+        """The LLM's generate on the prompt embeddings; `generation` goes to it as given."""
         embeds = self.embed(prompt_ids, prompt_slot, windows, window_mask, window_valid)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                                 num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id,
-                                 pad_token_id=pad_token_id)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=prompt_mask, **generation)
