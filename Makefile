@@ -6,14 +6,17 @@ PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 RUN_DIR    ?= runs/genechat
 
-.PHONY: setup debian-packages demo test test-unit render lint clean
+.PHONY: setup debian-packages demo test test-unit render images lint clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: operator/pyproject.toml trainer/pyproject.toml .ci/requirements-test.txt
+# Every wheel is downloaded once, into ~/.cache/helixrun/wheelhouse, and installed from there: `make images`
+# builds from the same wheels (pip's own cache keeps nothing where the index sends no cache headers).
+$(VENV)/.installed: operator/pyproject.toml trainer/pyproject.toml .ci/requirements-test.txt dockerfiles/requirements-build.txt
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip==25.3
-	$(PIP) install --quiet -r .ci/requirements-test.txt -e 'operator[operator,cli]' -e trainer
+	wheels="$$($(PY) -m tests.images.build --wheelhouse)" && \
+	$(PIP) install --quiet --no-index --find-links "$$wheels" -r .ci/requirements-test.txt -e 'operator[operator,cli]' -e trainer
 	touch $@
 
 # Prometheus + promtool (observability tests) and WordNet 3.0 (METEOR): pinned Debian packages unpacked
@@ -35,7 +38,12 @@ test: setup cluster-bin debian-packages
 	$(PY) -m pytest
 
 test-unit: setup
-	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m "not cluster and not images"
+
+# helixrun/operator:dev and helixrun/trainer:dev, built without a registry (root: starts dockerd), then
+# loaded into the test cluster's real node when one is up (tests/images/build.py).
+images: setup
+	$(PY) -m tests.images.build --cluster-state $(CLUSTER_STATE)
 
 clean: cluster-down
 	rm -rf $(VENV) .cluster runs
