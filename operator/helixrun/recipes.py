@@ -81,6 +81,13 @@ DEFAULTS: dict[str, dict] = {
                 "denoiserHidden": 256,
                 "denoiserLayers": 6,
                 "denoiserHeads": 8,
+                # separated_training.py: the ε loss never trains the sequence encoder.
+                "diffusionTrainsEncoder": False,
+                # Evaluation generates peptides (DDIM, the reference's ddim_steps 50; guidance as
+                # peptide_esmfold_config.yaml) and scores them as structdiff/metrics/ does.
+                "evalSamples": 64,
+                "evalSteps": 50,
+                "guidanceScale": 1.5,
             },
         },
         # dataset.py: columns sequence and label (0 antimicrobial, 1 antifungal, 2 antiviral), 5-50 residues.
@@ -107,14 +114,8 @@ DEFAULTS: dict[str, dict] = {
                  "options": {"layout": "sequences", "batchOrder": "shuffled", "tooLong": "skip"}},
         "training": {
             "globalBatch": {"tokens": 100_000},
+            # train.py: AdamW, Esm2LRScheduler(on_use=False) = constant, no gradient clipping.
             "optimizer": {"name": "adamw", "lr": 2e-4, "betas": [0.9, 0.98], "weightDecay": 0.01},
-                # separated_training.py: the ε loss never trains the sequence encoder.
-                "diffusionTrainsEncoder": False,
-                # Evaluation generates peptides (DDIM, the reference's ddim_steps 50; guidance as
-                # peptide_esmfold_config.yaml) and scores them as structdiff/metrics/ does.
-                "evalSamples": 64,
-                "evalSteps": 50,
-                "guidanceScale": 1.5,
             "schedule": {"name": "constant", "warmupSteps": 0},
             "seed": 42,
         },
@@ -123,32 +124,6 @@ DEFAULTS: dict[str, dict] = {
     },
 }
 
-# Every recipe shares these unless it or the run says otherwise.
-COMMON: dict = {
-    "hardware": {"nodes": 1, "gpusPerNode": 1},
-    "training": {"precision": "auto", "logEverySteps": 10},
-    "checkpointing": {
-        "everySteps": 500,
-        "keepLast": 3,
-        "keepBest": {"metric": "eval_loss", "mode": "min"},
-        "retention": "Retain",
-    },
-    "metrics": {"port": 9400},
-    "backoffLimit": 10,
-    "suspend": False,
-}
-
-            # train.py: AdamW, Esm2LRScheduler(on_use=False) = constant, no gradient clipping.
-
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge override onto base; mappings merge, everything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 # What a smoke run (spec.smokeTest, `helixrun-train --tiny`) of a recipe trains with over the smoke budget: its toy
 # models learn their generated data within the budget only at a toy model's learning rate and batch (measured for
 # PTM-Mamba and StructDiff: docs/FIDELITY.md).
@@ -222,7 +197,31 @@ def option_problems(spec: dict) -> list[tuple[str, str]]:
     return problems
 
 
+# Every recipe shares these unless it or the run says otherwise.
+COMMON: dict = {
+    "hardware": {"nodes": 1, "gpusPerNode": 1},
+    "training": {"precision": "auto", "logEverySteps": 10},
+    "checkpointing": {
+        "everySteps": 500,
+        "keepLast": 3,
+        "keepBest": {"metric": "eval_loss", "mode": "min"},
+        "retention": "Retain",
+    },
+    "metrics": {"port": 9400},
+    "backoffLimit": 10,
+    "suspend": False,
+}
 
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge override onto base; mappings merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 def with_defaults(spec: dict) -> dict:
     """The run's spec with its recipe's defaults and the common ones filled in."""
     merged = merge(merge(COMMON, DEFAULTS[spec["recipe"]]), spec)
