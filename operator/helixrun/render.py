@@ -33,15 +33,21 @@ class RenderSettings:
 
     trainer_image: str = "ghcr.io/helixrun/trainer:0.1.0"
     trainer_service_account: str = "helixrun-trainer"
+    # Off where a platform team manages RBAC (the chart's rbac.create=false): the account must then exist.
+    create_trainer_account: bool = True
     model_cache_size: str = "200Gi"
     model_cache_storage_class: str | None = None
 
     @classmethod
     def from_env(cls, env=os.environ) -> "RenderSettings":
         defaults = cls()
+        create_account = env.get("HELIXRUN_CREATE_TRAINER_ACCOUNT", "true")
+        if create_account not in ("true", "false"):
+            raise ValueError(f"HELIXRUN_CREATE_TRAINER_ACCOUNT must be true or false, got {create_account!r}")
         return cls(
             trainer_image=env.get("HELIXRUN_TRAINER_IMAGE", defaults.trainer_image),
             trainer_service_account=env.get("HELIXRUN_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account),
+            create_trainer_account=create_account == "true",
             model_cache_size=env.get("HELIXRUN_MODEL_CACHE_SIZE", defaults.model_cache_size),
             model_cache_storage_class=env.get("HELIXRUN_MODEL_CACHE_STORAGE_CLASS") or None,
         )
@@ -148,6 +154,36 @@ def model_cache_claim(namespace: str, settings: RenderSettings) -> dict:
     }
 
 
+def trainer_account(namespace: str, settings: RenderSettings) -> list[dict]:
+    """The trainer pods' ServiceAccount in the run's namespace, with a Role that may only patch run status.
+
+    Shared by the namespace's runs and outliving them, so no owner; created only when absent, so an
+    account the chart or a cluster admin made (annotated for workload identity, say) stays theirs.
+    """
+    name = settings.trainer_service_account
+
+    def meta() -> dict:
+        return {"name": name, "namespace": namespace, "labels": {**MANAGED_BY, "app.kubernetes.io/component": "trainer"}}
+
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta()},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(),
+            # All rank 0 does with its token (helixrun_trainer/run_status.py): merge-patch its run's status.
+            "rules": [{"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["patch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
 def metrics_service(run: ResolvedRun) -> dict:
     port = run.spec["metrics"]["port"]
     return {
@@ -167,9 +203,10 @@ def render_run(run: ResolvedRun, settings: RenderSettings, backend: Backend | No
     if not run.plan.fits:
         raise PlanRefused(run.plan.refusal or f"run {run.name} does not fit pool {run.pool.name}")
     backend = backend or backend_for(run)
+    account = trainer_account(run.namespace, settings) if settings.create_trainer_account else []
     # A smoke run downloads nothing, so it neither needs nor creates the namespace's model cache.
     cache = [] if run.smoke_test else [model_cache_claim(run.namespace, settings)]
-    return cache + [
+    return account + cache + [
         config_map(run),
         checkpoint_claim(run),
         metrics_service(run),

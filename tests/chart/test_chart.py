@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helixrun.render import RenderSettings, trainer_account
 from tests.chart import helm
 from tests.chart.helm import CHART, REPO, HelmError
 
@@ -98,8 +99,8 @@ def test_default_render_has_the_expected_objects(default_objects):
         ("ConfigMap", "hx-helixrun-pools"),
         ("ClusterRole", "hx-helixrun-operator"),
         ("ClusterRoleBinding", "hx-helixrun-operator"),
-        ("Role", "hx-helixrun-trainer"),
-        ("RoleBinding", "hx-helixrun-trainer"),
+        ("Role", "helixrun-trainer"),
+        ("RoleBinding", "helixrun-trainer"),
         ("Service", "hx-helixrun-operator-metrics"),
         ("Deployment", "hx-helixrun-operator"),
     }
@@ -402,6 +403,9 @@ OPERATOR_NAMESPACED = {
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},
     ("", "persistentvolumeclaims"): {"create"},
+    ("", "serviceaccounts"): {"create"},
+    ("rbac.authorization.k8s.io", "roles"): {"create"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"create"},
     ("", "pods"): {"get", "list", "watch", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
@@ -410,7 +414,7 @@ OPERATOR_CLUSTER = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
-TRAINER = {("helixrun.io", "trainingruns"): {"get"}, ("helixrun.io", "trainingruns/status"): {"get", "patch"}}
+TRAINER = {("helixrun.io", "trainingruns/status"): {"patch"}}
 
 
 @pytest.mark.parametrize("name", ["default", "every option", "peering"])
@@ -448,15 +452,35 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_ne
         assert b["subjects"][0]["namespace"] == "helixrun-system"
 
 
-def test_trainer_may_only_read_its_run_and_patch_its_status(default_objects, all_objects):
+def test_trainer_may_only_patch_its_runs_status(default_objects, all_objects):
     (role,) = kinds(default_objects, "Role")
     assert grants([role]) == TRAINER
-    trainer_roles = [r for r in kinds(all_objects, "Role") if r["metadata"]["name"].endswith("-trainer")]
+    trainer_roles = [r for r in kinds(all_objects, "Role") if r["metadata"]["name"] == "helixrun-trainer"]
     assert sorted(r["metadata"]["namespace"] for r in trainer_roles) == ["prod", "research", "scratch"]
     for r in trainer_roles:
         assert grants([r]) == TRAINER
     accounts = [a for a in kinds(all_objects, "ServiceAccount") if a["metadata"]["name"] == "helixrun-trainer"]
     assert sorted(a["metadata"]["namespace"] for a in accounts) == ["prod", "research", "scratch"]
+
+
+def test_the_chart_makes_the_trainers_account_as_the_operator_does(default_objects):
+    """Where the chart made them first, the operator's create finds them (409) and adds nothing."""
+    settings = RenderSettings.from_env({"HELIXRUN_TRAINER_SERVICE_ACCOUNT": "helixrun-trainer"})
+    chart = {(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]): o for o in default_objects
+             if o["kind"] in ("ServiceAccount", "Role", "RoleBinding") and o["metadata"]["name"] == "helixrun-trainer"}
+    operator = {(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]): o
+                for o in trainer_account("helixrun-system", settings)}
+    assert chart.keys() == operator.keys()
+    role = ("Role", "helixrun-trainer", "helixrun-system")
+    binding = ("RoleBinding", "helixrun-trainer", "helixrun-system")
+    assert chart[role]["rules"] == operator[role]["rules"]
+    assert (chart[binding]["roleRef"], chart[binding]["subjects"]) == (operator[binding]["roleRef"], operator[binding]["subjects"])
+
+
+def test_without_the_charts_rbac_the_operator_creates_no_trainer_account(default_objects):
+    assert "HELIXRUN_CREATE_TRAINER_ACCOUNT" not in {e["name"] for e in operator_container(default_objects)["env"]}
+    env = {e["name"]: e.get("value") for e in operator_container(helm.template({"rbac": {"create": False}}))["env"]}
+    assert env["HELIXRUN_CREATE_TRAINER_ACCOUNT"] == "false"
 
 
 def test_trainer_namespaces_default_to_the_watched_ones():

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
+from helixrun.render import RenderSettings, trainer_account
 from tests.chart.helm import install_chart, uninstall_chart
 
 pytestmark = pytest.mark.cluster
@@ -65,6 +67,13 @@ def test_install_serves_the_crds_and_runs_the_operator(cluster, release):
         ("delete", "pytorchjobs.kubeflow.org", "", True),
         ("patch", "pods", "", False),
         ("create", "pods", "", False),
+        ("create", "serviceaccounts", "", True),
+        ("delete", "serviceaccounts", "", False),
+        ("create", "serviceaccounts", "token", False),
+        ("create", "roles.rbac.authorization.k8s.io", "", True),
+        ("patch", "roles.rbac.authorization.k8s.io", "", False),
+        ("create", "rolebindings.rbac.authorization.k8s.io", "", True),
+        ("delete", "rolebindings.rbac.authorization.k8s.io", "", False),
         ("get", "secrets", "", False),
         ("delete", "trainingruns.helixrun.io", "", False),
         ("create", "trainingruns.helixrun.io", "", False),
@@ -77,7 +86,7 @@ def test_operator_rbac_in_the_api_server(cluster, release, verb, resource, subre
 @pytest.mark.parametrize(
     "verb, resource, subresource, allowed",
     [
-        ("get", "trainingruns.helixrun.io", "", True),
+        ("get", "trainingruns.helixrun.io", "", False),
         ("patch", "trainingruns.helixrun.io", "status", True),
         ("patch", "trainingruns.helixrun.io", "", False),
         ("list", "trainingruns.helixrun.io", "", False),
@@ -87,7 +96,22 @@ def test_operator_rbac_in_the_api_server(cluster, release, verb, resource, subre
 )
 def test_trainer_rbac_in_the_api_server(cluster, release, verb, resource, subresource, allowed):
     assert can_i(cluster, TRAINER_SA, verb, resource, NAMESPACE, subresource) is allowed
-    assert not can_i(cluster, TRAINER_SA, "get", "trainingruns.helixrun.io", "default")
+    assert not can_i(cluster, TRAINER_SA, "patch", "trainingruns.helixrun.io", "default", "status")
+
+
+def test_the_operator_may_give_the_trainer_its_account_in_any_namespace(cluster, release):
+    """The API server's escalation check passes: the operator holds the one rule it grants."""
+    namespace = "hxchart-fresh"
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    try:
+        objects = trainer_account(namespace, RenderSettings())
+        created = cluster.kubectl("create", "--as", OPERATOR_SA, "-f", "-", check=False,
+                                  input=yaml.safe_dump_all(objects))
+        assert created.returncode == 0, created.stderr
+        trainer = f"system:serviceaccount:{namespace}:helixrun-trainer"
+        assert can_i(cluster, trainer, "patch", "trainingruns.helixrun.io", namespace, "status")
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_peering_mode_runs_a_statefulset_with_a_cluster_peering(cluster, release):

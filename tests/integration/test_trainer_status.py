@@ -1,4 +1,4 @@
-"""The trainer reports progress into its run's status with only the chart's trainer permissions."""
+"""The trainer reports progress into its run's status with only the permissions the operator gives it."""
 
 from __future__ import annotations
 
@@ -11,19 +11,16 @@ import urllib.request
 import pytest
 import yaml
 
+from helixrun.render import RenderSettings, trainer_account
 from helixrun_trainer.run_status import ApiEndpoint, RunStatusReporter
-from tests.chart.helm import template
 from tests.integration.conftest import EXAMPLES, apply, run_object, run_status
 
 pytestmark = pytest.mark.cluster
 
 
 def trainer_endpoint(cluster, namespace: str, tmp_path) -> ApiEndpoint:
-    """A token for the trainer ServiceAccount, bound exactly as the chart binds it."""
-    rbac = [o for o in template(namespace=namespace) if o["kind"] in ("Role", "RoleBinding")
-            and o["metadata"]["name"].endswith("-trainer")]
-    assert {o["kind"] for o in rbac} == {"Role", "RoleBinding"}
-    cluster.apply(rbac)
+    """A token for the trainer ServiceAccount, bound exactly as the operator (and the chart) binds it."""
+    cluster.apply(trainer_account(namespace, RenderSettings()))
     token = cluster.kubectl("create", "token", "helixrun-trainer", "-n", namespace).stdout.strip()
     kubeconfig = yaml.safe_load(open(cluster.kubeconfig))
     ca = tmp_path / "ca.crt"

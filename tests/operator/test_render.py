@@ -54,7 +54,8 @@ def test_examples_render_job_pvc_configmap_and_service(path):
     (run,) = api.load_runs(path.read_text(), str(path))
     resolved = resolve(run, default_pools())
     objects = by_kind(render_run(resolved, SETTINGS))
-    assert set(objects) == {"PersistentVolumeClaim/cache", "ConfigMap", "PersistentVolumeClaim", "Service", "PyTorchJob"}
+    assert set(objects) == {"ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim/cache", "ConfigMap",
+                            "PersistentVolumeClaim", "Service", "PyTorchJob"}
     job = objects["PyTorchJob"]
     assert job["apiVersion"] == "kubeflow.org/v1" and DNS_1035.match(job["metadata"]["name"])
     pool = resolved.pool
@@ -105,6 +106,29 @@ def test_children_are_owned_by_the_run_and_retention_decides_the_pvc():
     assert "ownerReferences" not in kept["PersistentVolumeClaim"]["metadata"]
     assert deleted["PersistentVolumeClaim"]["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert "ownerReferences" not in kept["PersistentVolumeClaim/cache"]["metadata"]
+
+
+def test_the_trainers_account_may_only_patch_run_status_and_outlives_the_run():
+    objects = render_run(make_run(uid="u-1"), SETTINGS)
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("RoleBinding") < kinds.index("PyTorchJob"), "the account exists before the job's pods"
+    account, role, binding = (next(o for o in objects if o["kind"] == k) for k in ("ServiceAccount", "Role", "RoleBinding"))
+    pod_account = pod_specs(by_kind(objects)["PyTorchJob"])[0]["serviceAccountName"]
+    for obj in (account, role, binding):
+        assert obj["metadata"]["name"] == pod_account == SETTINGS.trainer_service_account
+        assert obj["metadata"]["namespace"] == "bio"
+        assert "ownerReferences" not in obj["metadata"], "shared by the namespace's runs: never deleted with one"
+    assert role["rules"] == [{"apiGroups": ["helixrun.io"], "resources": ["trainingruns/status"], "verbs": ["patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "bio"}]
+
+
+def test_where_a_platform_team_manages_rbac_no_account_is_rendered():
+    settings = RenderSettings.from_env({"HELIXRUN_CREATE_TRAINER_ACCOUNT": "false"})
+    kinds = {o["kind"] for o in render_run(make_run(), settings)}
+    assert not kinds & {"ServiceAccount", "Role", "RoleBinding"} and "PyTorchJob" in kinds
+    with pytest.raises(ValueError, match="HELIXRUN_CREATE_TRAINER_ACCOUNT must be true or false, got 'no'"):
+        RenderSettings.from_env({"HELIXRUN_CREATE_TRAINER_ACCOUNT": "no"})
 
 
 def test_user_env_is_kept_and_ours_added_only_where_unset():

@@ -69,6 +69,10 @@ spec:
           value: {{ include "helixrun.trainer.image" . | quote }}
         - name: HELIXRUN_TRAINER_SERVICE_ACCOUNT
           value: {{ .Values.trainer.serviceAccount.name | quote }}
+        {{- if not .Values.rbac.create }}
+        - name: HELIXRUN_CREATE_TRAINER_ACCOUNT
+          value: "false"
+        {{- end }}
         - name: HELIXRUN_MODEL_CACHE_SIZE
           value: {{ .Values.trainer.modelCache.size | quote }}
         {{- with .Values.trainer.modelCache.storageClassName }}
