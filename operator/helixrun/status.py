@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from helixrun.planner import Plan
-from helixrun.planner.timing import format_duration
+from helixrun.durations import format_duration
 
 # Condition types the operator maintains, each explaining one kind of transition.
 PLAN_FITS = "PlanFits"
@@ -16,8 +17,10 @@ SCHEDULED = "Scheduled"
 TRAINER_EXITED = "TrainerExited"
 # Spec fields a running run may change; everything else is fixed at creation.
 MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit"})
-# TrainerExited reasons. Only a retryable exit leaves the run to be restarted.
+# TrainerExited reasons. Only a retryable exit or a deleted pod leaves the run to be restarted.
 RETRYABLE_EXIT, PERMANENT_EXIT, BACKOFF_EXCEEDED = "RetryableExit", "PermanentExit", "BackoffLimitExceeded"
+POD_DELETED = "PodDeleted"
+RESTARTED = frozenset({RETRYABLE_EXIT, POD_DELETED})
 COUNTED_EXITS_KEPT = 64  # the CRD's maxItems for status.countedExits
 
 
@@ -92,29 +95,32 @@ def explain(phase: str, conditions: list[dict] | None) -> str:
     by_type = {c["type"]: c for c in conditions or []}
     exited, scheduled = by_type.get(TRAINER_EXITED), by_type.get(SCHEDULED)
     if exited and exited["status"] == "True" and (
-        phase == "Restarting" or (phase == "Failed" and exited["reason"] != RETRYABLE_EXIT)
-    ):  # a retryable exit long since recovered from does not explain a later failure
+        phase == "Restarting" or (phase == "Failed" and exited["reason"] not in RESTARTED)
+    ):  # a restart long since recovered from does not explain a later failure
         return exited["message"]
     if phase == "Pending" and scheduled and scheduled["status"] == "False":
         return scheduled["message"]
     return by_type.get(READY, {}).get("message", "")
 
 
-def count_exit(status: dict, ended, backoff_limit: int | None, now: str) -> dict | None:
-    """The status update for a trainer pod's exit, or None when that pod's exit was already counted.
+def count_exit(status: dict, ended, backoff_limit: int | None, now: str, accounted: Sequence[str] = ()) -> dict | None:
+    """The status update for a trainer pod's end (its exit or its deletion), or None when it was counted.
 
     Counting is keyed by pod UID inside a precondition-guarded write, so it is exactly once however
-    often the event arrives. Retryable exits beyond `backoff_limit` fail the run: the training-operator's
-    own limit counts container restarts, and ExitCode replicas are recreated, never restarted.
+    often the event arrives; `accounted` are the UIDs of the peers whose ends the same gang restart
+    stands for (gang_restart), recorded in the same write so their own events count nothing.
+    Restarts beyond `backoff_limit` fail the run: the training-operator's own limit counts container
+    restarts, and ExitCode replicas are recreated, never restarted.
     """
     counted = list(status.get("countedExits") or [])
     if ended.uid in counted:
         return None
+    counted += [uid for uid in accounted if uid not in counted]
     update: dict = {"countedExits": (counted + [ended.uid])[-COUNTED_EXITS_KEPT:]}
     reason, message, phase = PERMANENT_EXIT, ended.describe(), status.get("phase", "Pending")
     if ended.retryable:
         update["restarts"] = restarts = int(status.get("restarts") or 0) + 1
-        reason = RETRYABLE_EXIT
+        reason = RETRYABLE_EXIT if ended.exit_code is not None else POD_DELETED
         if backoff_limit is not None and restarts > backoff_limit:
             reason, phase = BACKOFF_EXCEEDED, "Failed"
             message += f"; restart {restarts} exceeds spec.backoffLimit {backoff_limit}"

@@ -3,8 +3,10 @@ controller-manager, kwok GPU nodes and the Kubeflow training-operator v1.9."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
-import yaml
 
 from tests.cluster.controlplane import EXIT_CODE_ANNOTATION
 from tests.integration.conftest import (
@@ -47,6 +49,18 @@ def running_pods(cluster, job: str, namespace: str, count: int) -> list[dict]:
         return pods if len(pods) == count else None
 
     return wait_for(f"{count} running pods of {job}", check, timeout=120)
+
+
+def gang_replaced(cluster, job: str, namespace: str, before: dict[str, str]) -> bool:
+    """Every pod named as before runs again, each with a new UID."""
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, job, namespace, len(before))}
+    return set(uids) == set(before) and not set(uids.values()) & set(before.values())
+
+
+def restarting_events(cluster, name: str, namespace: str) -> list[str]:
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             f"involvedObject.name={name}", "-o", "json").stdout
+    return [e["message"] for e in json.loads(events)["items"] if e["reason"] == "Restarting"]
 
 
 def node_pool(cluster, node: str) -> str:
@@ -99,19 +113,12 @@ def test_a_failed_worker_restarts_the_whole_gang(cluster, operator, namespace):
     worker = next(n for n in before if "worker" in n)
     cluster.kubectl("annotate", "pod", worker, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
 
-    def all_replaced():
-        pods = running_pods(cluster, name, namespace, 2)
-        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
-        return uids if set(uids) == set(before) and not set(uids.values()) & set(before.values()) else None
-
-    wait_for("master and worker recreated", all_replaced, timeout=180)
+    wait_for("master and worker recreated", lambda: gang_replaced(cluster, name, namespace, before), timeout=180)
     status = wait_for("restart counted and Running again",
                       lambda: (s := run_status(cluster, name, namespace)).get("restarts", 0) >= 1
                       and s.get("phase") == "Running" and s)
     assert status["restarts"] == 1
-    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
-                             f"involvedObject.name={name}", "-o", "yaml").stdout
-    restarting = [e["message"] for e in yaml.safe_load(events)["items"] if e["reason"] == "Restarting"]
+    restarting = restarting_events(cluster, name, namespace)
     assert any("exited with code 137 (retryable)" in m and "restarting the gang" in m for m in restarting), restarting
 
 
@@ -198,3 +205,118 @@ def test_a_plan_that_does_not_fit_creates_no_job(cluster, operator, namespace):
     assert plan_fits["status"] == "False" and plan_fits["reason"] == "PlanRefused"
     assert "rtx4090" in plan_fits["message"]
     assert get(cluster, "pytorchjob", name, namespace) is None
+
+
+def evict(cluster, pod: str, namespace: str) -> None:
+    """The Eviction API, as `kubectl drain` and the cluster autoscaler use it."""
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
+    cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
+                    input=json.dumps(eviction))
+
+
+@pytest.mark.parametrize(("role", "how", "why"), [
+    ("master", "delete", "was deleted"),
+    ("worker", "delete", "was deleted"),
+    ("worker", "evict", "was deleted: EvictionByEvictionAPI"),
+])
+def test_a_deleted_pod_restarts_the_whole_gang_and_counts_once(cluster, operator, namespace, role, how, why):
+    obj = launch(cluster, namespace, "run-metagene-4090.yaml",
+                 hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 2})
+    name = obj["metadata"]["name"]
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, name, namespace, 2)}
+    wait_for("Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
+    gone = next(n for n in before if role in n)
+    if how == "evict":
+        evict(cluster, gone, namespace)
+    else:
+        cluster.kubectl("delete", "pod", gone, "-n", namespace, "--wait=false")
+    # The training-operator alone recreates only the deleted pod; the surviving rank would wait in rendezvous.
+    wait_for("master and worker recreated", lambda: gang_replaced(cluster, name, namespace, before), timeout=180)
+    status = wait_for("the deletion counted and Running again",
+                      lambda: (s := run_status(cluster, name, namespace)).get("restarts", 0) >= 1
+                      and s.get("phase") == "Running" and s)
+    assert status["restarts"] == 1, "one deletion, one gang restart: the peer the operator deleted counts no more"
+    exited = next(c for c in status["conditions"] if c["type"] == "TrainerExited")
+    assert exited["reason"] == "PodDeleted" and f"pod {gone} {why}" in exited["message"], exited
+    assert any(f"pod {gone} {why}" in m and "restarting the gang" in m
+               for m in restarting_events(cluster, name, namespace))
+
+
+@pytest.mark.parametrize("stop", ["suspend", "delete the run"])
+def test_pods_removed_by_suspending_or_deleting_a_run_count_no_restart(cluster, operator, namespace, stop):
+    obj = launch(cluster, namespace, "run-metagene-4090.yaml",
+                 hardware={"pool": "rtx4090", "nodes": 2, "gpusPerNode": 2})
+    name = obj["metadata"]["name"]
+    pods = running_pods(cluster, name, namespace, 2)
+    wait_for("Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
+    seen = operator.handled("pod_changed")
+    if stop == "suspend":
+        cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+        wait_for("phase Suspended", lambda: run_status(cluster, name, namespace).get("phase") == "Suspended")
+    else:  # foreground: the run stays, being deleted, until its job and pods are gone
+        cluster.kubectl("delete", "trainingrun", name, "-n", namespace, "--cascade=foreground", "--wait=true",
+                        timeout=120)
+    wait_for("the pods gone", lambda: not pods_of(cluster, name, namespace), timeout=120)
+    # Each pod's last event (its deletion) has been handled at least once.
+    wait_for("the operator to handle the deletions", lambda: operator.handled("pod_changed") >= seen + len(pods))
+    assert not restarting_events(cluster, name, namespace)
+    assert not run_status(cluster, name, namespace).get("restarts")
+
+
+def test_deletions_beyond_the_backoff_limit_fail_the_run(cluster, operator, namespace):
+    obj = launch(cluster, namespace, "run-structdiff.yaml", backoffLimit=1)
+    name = obj["metadata"]["name"]
+    (first,) = running_pods(cluster, name, namespace, 1)
+    cluster.kubectl("delete", "pod", first["metadata"]["name"], "-n", namespace, "--wait=false")
+    wait_for("the first retry", lambda: run_status(cluster, name, namespace).get("restarts") == 1)
+    (second,) = wait_for("the recreated pod", lambda: [p for p in running_pods(cluster, name, namespace, 1)
+                                                       if p["metadata"]["uid"] != first["metadata"]["uid"]])
+    cluster.kubectl("delete", "pod", second["metadata"]["name"], "-n", namespace, "--wait=false")
+    status = wait_for("Failed past the limit", lambda: (s := run_status(cluster, name, namespace))
+                      .get("phase") == "Failed" and s)
+    assert status["restarts"] == 2
+    assert f"pod {second['metadata']['name']} was deleted" in status["message"]
+    assert "restart 2 exceeds spec.backoffLimit 1" in status["message"]
+    wait_for("the job deleted", lambda: get(cluster, "pytorchjob", name, namespace) is None)
+    assert run_status(cluster, name, namespace)["phase"] == "Failed"
+
+
+@pytest.fixture
+def bare_namespace(cluster):
+    """A namespace no chart has seen: no trainer ServiceAccount, Role or RoleBinding."""
+    name = f"bare-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=180s", timeout=200)
+
+
+def test_a_run_where_no_chart_went_gets_the_trainers_account_and_its_pods(cluster, operator, bare_namespace):
+    namespace, account = bare_namespace, "helixrun-trainer"
+    obj = launch(cluster, namespace, "run-structdiff.yaml")
+    name = obj["metadata"]["name"]
+    (pod,) = running_pods(cluster, name, namespace, 1)
+    assert pod["spec"]["serviceAccountName"] == account
+    trainer = f"system:serviceaccount:{namespace}:{account}"
+
+    def can_i(verb: str, resource: str, subresource: str = "") -> bool:
+        args = ["auth", "can-i", verb, resource, "--as", trainer, "-n", namespace]
+        return cluster.kubectl(*args + (["--subresource", subresource] if subresource else []),
+                               check=False).stdout.strip() == "yes"
+
+    assert can_i("patch", "trainingruns.helixrun.io", "status"), "rank 0 reports progress into the run's status"
+    assert not can_i("patch", "trainingruns.helixrun.io") and not can_i("list", "trainingruns.helixrun.io")
+    assert not can_i("get", "pods") and not can_i("get", "secrets")
+    # Shared by every run of the namespace: deleting the run keeps them.
+    cluster.kubectl("delete", "trainingrun", name, "-n", namespace, "--wait=true", timeout=120)
+    for kind in ("serviceaccount", "role", "rolebinding"):
+        assert get(cluster, kind, account, namespace), f"{kind}/{account} went with the run"
+
+
+def test_a_trainer_account_the_admin_made_is_left_as_it_is(cluster, operator, namespace):
+    # The `namespace` fixture made the ServiceAccount, as the chart or a cluster admin would.
+    cluster.kubectl("annotate", "serviceaccount", "helixrun-trainer", "-n", namespace, "example.com/owner=admin")
+    obj = launch(cluster, namespace, "run-structdiff.yaml")
+    running_pods(cluster, obj["metadata"]["name"], namespace, 1)
+    account = get(cluster, "serviceaccount", "helixrun-trainer", namespace)
+    assert account["metadata"]["annotations"] == {"example.com/owner": "admin"}
+    assert "app.kubernetes.io/managed-by" not in (account["metadata"].get("labels") or {})

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from helixrun import status
 from helixrun.backends.pytorchjob import PyTorchJobBackend
-from helixrun.controller.pods import gang_placement, peers_to_restart, termination, unschedulable_message
+from helixrun.controller.pods import (
+    deleted_on_purpose,
+    gang_placement,
+    gang_restart,
+    termination,
+    unschedulable_message,
+)
 
 
 def test_condition_transition_time_moves_only_when_status_flips():
@@ -53,12 +60,16 @@ def test_job_phase_follows_the_newest_true_condition():
     assert backend.job_state(job(("Suspended", "True", "1"), ("Created", "True", "2"))).phase == "Suspended"
 
 
-def pod(name, phase="Running", code=None, scheduled=True, deleting=False):
-    body = {"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": {"nodeName": "a800-0"} if scheduled else {}, "status": {"phase": phase}}
+def pod(name, phase="Running", code=None, scheduled=True, deleting=False, disrupted=None, uid=None):
+    body = {"metadata": {"name": name, "uid": uid or f"uid-{name}"}, "spec": {"nodeName": "a800-0"} if scheduled else {},
+            "status": {"phase": phase, "conditions": []}}
     if code is not None:
         body["status"]["containerStatuses"] = [{"name": "pytorch", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": "NCCL timeout"}}}]
     if not scheduled:
-        body["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "message": "0/6 nodes: Insufficient nvidia.com/gpu"}]
+        body["status"]["conditions"].append({"type": "PodScheduled", "status": "False", "message": "0/6 nodes: Insufficient nvidia.com/gpu"})
+    if disrupted:
+        body["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disrupted,
+                                             "message": "Eviction API: evicting"})
     if deleting:
         body["metadata"]["deletionTimestamp"] = "now"
     return body
@@ -71,10 +82,93 @@ def test_exit_codes_follow_the_contract():
     assert "code 2 (permanent): NCCL timeout" in termination(pod("m", "Failed", 2)).describe()
 
 
-def test_a_failed_rank_restarts_its_live_peers_only():
-    pods = [pod("j-master-0"), pod("j-worker-0", "Failed", 137), pod("j-worker-1"), pod("j-worker-2", deleting=True),
-            pod("j-worker-3", "Failed", 1)]  # its permanent exit must fail the run, not vanish in a restart
-    assert peers_to_restart(pods, "j-worker-0") == ["j-master-0", "j-worker-1"]
+@pytest.mark.parametrize(("body", "gone", "expected"), [
+    (pod("m"), False, None),  # running
+    (pod("m", "Succeeded", 0, deleting=True), True, None),  # ended well, whoever removes it
+    (pod("m", "Failed"), False, None),  # failed before its trainer started: no exit to read
+    (pod("m", "Failed", 137), False, (137, True, None)),
+    (pod("m", "Failed", 2), False, (2, False, None)),
+    (pod("m", deleting=True), False, (None, True, "deleted")),  # kubectl delete pod: SIGTERM on its way
+    (pod("m"), True, (None, True, "deleted")),  # force-deleted: only its DELETED event tells
+    (pod("m", deleting=True, disrupted="EvictionByEvictionAPI"), False, (None, True, "EvictionByEvictionAPI")),
+    (pod("m", "Pending", scheduled=False, disrupted="PreemptionByScheduler"), True, (None, True, "PreemptionByScheduler")),
+    # Deleted, then SIGTERM, checkpoint, 143: the exit code is the trainer's own word on it.
+    (pod("m", "Failed", 143, deleting=True, disrupted="DeletionByTaintManager"), False, (143, True, "DeletionByTaintManager")),
+])
+def test_a_pod_ends_by_its_trainers_exit_or_by_its_deletion(body, gone, expected):
+    ended = termination(body, gone=gone)
+    assert (ended and (ended.exit_code, ended.retryable, ended.deletion)) == expected
+
+
+def test_a_deletion_says_which_pod_went_and_why():
+    evicted = termination(pod("j-worker-0", deleting=True, disrupted="EvictionByEvictionAPI"))
+    assert evicted.describe() == "pod j-worker-0 was deleted: EvictionByEvictionAPI (Eviction API: evicting), retryable"
+    assert termination(pod("j-master-0"), gone=True).describe() == "pod j-master-0 was deleted, retryable"
+    saved = termination(pod("j-master-0", "Failed", 143, deleting=True))
+    assert saved.describe() == "pod j-master-0 exited with code 143 (retryable): NCCL timeout; it was being deleted"
+
+
+def a_run(phase="Running", suspend=False, deleting=False):
+    run = {"metadata": {"name": "r"}, "spec": {"suspend": suspend}, "status": {"phase": phase}}
+    if deleting:
+        run["metadata"]["deletionTimestamp"] = "now"
+    return run
+
+
+def a_job(*conditions, suspend=False, deleting=False):
+    body = job(*conditions)
+    body["metadata"] = {"name": "r", **({"deletionTimestamp": "now"} if deleting else {})}
+    body["spec"]["runPolicy"] = {"suspend": suspend}
+    return body
+
+
+RUNNING_JOB = a_job(("Running", "True", "1"))
+
+
+@pytest.mark.parametrize(("run", "job_now", "on_purpose"), [
+    (a_run(), RUNNING_JOB, False),  # eviction, preemption, a lost node, kubectl delete pod
+    (a_run("Pending"), a_job(("Created", "True", "1")), False),
+    (a_run("Restarting"), a_job(("Restarting", "True", "1")), False),
+    (a_run(deleting=True), RUNNING_JOB, True),  # foreground deletion: the run waits for its pods to go
+    (a_run(suspend=True), RUNNING_JOB, True),  # suspended; the job is patched next
+    (a_run("Succeeded"), RUNNING_JOB, True),
+    (a_run("Failed"), RUNNING_JOB, True),  # e.g. the backoff limit exceeded and the job deleted
+    (a_run(), None, True),  # the job is gone: the garbage collector takes its pods
+    (a_run(), a_job(("Running", "True", "1"), deleting=True), True),
+    (a_run(), a_job(("Running", "True", "1"), suspend=True), True),  # Kueue suspends the job, not the run
+    (a_run(), a_job(("Running", "True", "1"), ("Suspended", "True", "2")), True),
+    (a_run(), a_job(("Running", "True", "1"), ("Succeeded", "True", "2")), True),
+    (a_run(), a_job(("Running", "True", "1"), ("Failed", "True", "2")), True),
+])
+def test_only_a_deletion_nobody_on_the_runs_side_asked_for_counts(run, job_now, on_purpose):
+    assert deleted_on_purpose(run, job_now, PyTorchJobBackend()) is on_purpose
+
+
+def test_a_retryable_end_restarts_the_gang_and_stands_for_every_peer_it_takes():
+    gang = [pod("j-master-0"), pod("j-worker-0", deleting=True), pod("j-worker-1", "Failed", 137),
+            pod("j-worker-2", "Failed", 1),  # its permanent exit must fail the run, not vanish in a restart
+            pod("j-worker-3", "Pending", scheduled=False), pod("j-worker-4", deleting=True, disrupted="DeletionByTaintManager"),
+            pod("j-worker-5", "Succeeded", 0)]
+    restart = gang_restart(gang, termination(pod("j-worker-0", deleting=True)))
+    assert restart.delete == (("j-master-0", "uid-j-master-0"), ("j-worker-3", "uid-j-worker-3"))
+    assert restart.accounted == ("uid-j-master-0", "uid-j-worker-1", "uid-j-worker-3", "uid-j-worker-4")
+    # The training-operator recreated the deleted master under its name before the event was handled.
+    recreated = [pod("j-master-0", uid="new"), pod("j-worker-0")]
+    restart = gang_restart(recreated, termination(pod("j-master-0"), gone=True))
+    assert restart.delete == (("j-worker-0", "uid-j-worker-0"),) and restart.accounted == ("uid-j-worker-0",)
+    assert gang_restart(gang, termination(pod("j-worker-2", "Failed", 1))) == gang_restart([], termination(pod("m", "Failed", 1)))
+    assert gang_restart(gang, termination(pod("j-worker-2", "Failed", 1))).delete == ()
+
+
+def test_a_gang_restart_counts_once_whichever_rank_is_seen_first():
+    master_gone, worker_lost = pod("j-master-0", deleting=True), pod("j-worker-0", "Failed", 134)
+    for first, second in ((master_gone, worker_lost), (worker_lost, master_gone)):
+        gang = [master_gone, worker_lost]
+        ended = termination(first)
+        state = status.count_exit({"phase": "Running"}, ended, None, "t", gang_restart(gang, ended).accounted)
+        assert state["restarts"] == 1
+        later = termination(second)
+        assert status.count_exit(state, later, None, "t", gang_restart(gang, later).accounted) is None
 
 
 def test_each_exit_counts_once_and_retries_stop_at_the_backoff_limit():
@@ -95,6 +189,17 @@ def test_a_permanent_exit_is_counted_without_a_restart():
     assert "restarts" not in update and update["countedExits"] == ["uid-m"]
     exited = next(c for c in update["conditions"] if c["type"] == status.TRAINER_EXITED)
     assert exited["reason"] == status.PERMANENT_EXIT and "code 2 (permanent)" in exited["message"]
+
+
+def test_a_deleted_pod_counts_as_a_restart_against_the_backoff_limit():
+    update = status.count_exit({"phase": "Running"}, termination(pod("j-master-0", deleting=True)), 1, "t",
+                               accounted=["uid-j-worker-0"])
+    assert update["restarts"] == 1 and update["countedExits"] == ["uid-j-worker-0", "uid-j-master-0"]
+    exited = next(c for c in update["conditions"] if c["type"] == status.TRAINER_EXITED)
+    assert (exited["reason"], exited["message"]) == (status.POD_DELETED, "pod j-master-0 was deleted, retryable")
+    state = {"phase": "Running", **update}
+    over = status.count_exit(state, termination(pod("j-master-0", uid="new"), gone=True), 1, "t")
+    assert over["phase"] == "Failed" and "restart 2 exceeds spec.backoffLimit 1" in over["message"]
 
 
 @given(st.integers(min_value=0, max_value=200))
@@ -159,3 +264,5 @@ def test_the_message_explains_the_phase_most_specifically():
     recovered = status.set_condition(job_says, status.TRAINER_EXITED, True, "RetryableExit", "pod m exited with code 137", "t")
     assert status.explain("Restarting", recovered) == "pod m exited with code 137"
     assert status.explain("Failed", recovered) == "job failed"  # an old retryable exit explains no later failure
+    deleted = status.set_condition(job_says, status.TRAINER_EXITED, True, status.POD_DELETED, "pod m was deleted", "t")
+    assert status.explain("Failed", deleted) == "job failed"

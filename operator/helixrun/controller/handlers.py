@@ -15,7 +15,7 @@ from helixrun import api
 from helixrun import status as st
 from helixrun.backends.pytorchjob import PyTorchJobBackend
 from helixrun.controller import kube
-from helixrun.controller.pods import gang_placement, peers_to_restart, termination
+from helixrun.controller.pods import deleted_on_purpose, gang_placement, gang_restart, termination
 from helixrun.pools import load_pools
 from helixrun.render import KUEUE_QUEUE_LABEL, RUN_LABEL, PlanRefused, RenderSettings, job_name, render_run
 from helixrun.resolve import resolve
@@ -202,30 +202,34 @@ def job_changed(type, body, namespace, **_) -> None:
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 @operator_metrics.instrumented("pod_changed")
 def pod_changed(type, body, namespace, **_) -> None:
-    """Explain unschedulable gangs, count exits, restart whole gangs, enforce the backoff limit."""
+    """Explain unschedulable gangs, count exits and deletions, restart whole gangs, enforce the backoff limit."""
     run_name = body["metadata"]["labels"][RUN_LABEL]
     job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
     gang = kube.pods_of_job(namespace, job)
     placement = gang_placement(gang)
     if placement is not None:
         _set_scheduled(namespace, run_name, *placement)
-    if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
-        return  # a pod being deleted (by us, for a gang restart) is no new failure
-    ended = termination(body)
+    ended = termination(body, gone=type == "DELETED")
     if ended is not None:
-        _count_exit(namespace, run_name, job, ended, gang)
+        _count_end(namespace, run_name, job, ended, gang)
 
 
-def _count_exit(namespace: str, run_name: str, job: str, ended, gang: list[dict]) -> None:
-    """Count the exit once, then act on it: the training-operator may already have deleted the pod."""
+def _count_end(namespace: str, run_name: str, job: str, ended, gang: list[dict]) -> None:
+    """Count the end once, then act on it: the training-operator may already have deleted the pod."""
     now = st.now_iso()
+    backend = PyTorchJobBackend()
+    # Read only for a deletion: whether the job is suspended, finished or going decides if it counts.
+    job_object = kube.get_job(backend, namespace, job) if ended.deleted else None
+    restart = gang_restart(gang, ended)
 
     def counted(run: dict) -> dict | None:
-        return st.count_exit(run.get("status") or {}, ended, run["spec"].get("backoffLimit"), now)
+        if ended.deleted and deleted_on_purpose(run, job_object, backend):
+            return None
+        return st.count_exit(run.get("status") or {}, ended, run["spec"].get("backoffLimit"), now, restart.accounted)
 
     run = kube.update_run_status(namespace, run_name, counted)
     if run is None:
-        return  # counted before (a re-delivered event), or the run is gone
+        return  # counted before (a re-delivered event, a peer of a restarted gang), on purpose, or the run is gone
     written = counted(run)  # the same pure computation the write made from this read
     explanation = next(c["message"] for c in written["conditions"] if c["type"] == st.TRAINER_EXITED)
     if not ended.retryable:
@@ -233,13 +237,12 @@ def _count_exit(namespace: str, run_name: str, job: str, ended, gang: list[dict]
         return
     operator_metrics.restart_observed(namespace, run_name)
     if written.get("phase") == "Failed":
-        kube.delete_job(PyTorchJobBackend(), namespace, job)
+        kube.delete_job(backend, namespace, job)
         kopf.warn(run, reason=st.BACKOFF_EXCEEDED, message=f"{explanation}: job {job} deleted")
         return
-    peers = peers_to_restart(gang, ended.pod)
-    for peer in peers:
-        kube.delete_pod(namespace, peer)
-    restarting = f"; restarting the gang ({', '.join(peers)})" if peers else ""
+    for name, uid in restart.delete:
+        kube.delete_pod(namespace, name, uid)
+    restarting = f"; restarting the gang ({', '.join(name for name, _ in restart.delete)})" if restart.delete else ""
     kopf.warn(run, reason="Restarting", message=f"{explanation}{restarting}")
 
 

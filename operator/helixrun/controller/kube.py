@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import functools
 
-from kubernetes import client, config, dynamic
+from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from helixrun import api
-
-
-def login() -> None:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+from helixrun.kube_login import login  # noqa: F401  (handlers call kube.login at startup)
 
 
 @functools.cache
@@ -77,6 +71,17 @@ def patch_job(backend, namespace: str, name: str, patch: dict) -> None:
     )
 
 
+def get_job(backend, namespace: str, name: str) -> dict | None:
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(
+            backend.group, backend.version, namespace, backend.plural, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def delete_job(backend, namespace: str, name: str) -> None:
     try:
         client.CustomObjectsApi().delete_namespaced_custom_object(
@@ -94,9 +99,12 @@ def pods_of_job(namespace: str, job_name: str) -> list[dict]:
     return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
 
 
-def delete_pod(namespace: str, name: str) -> None:
+def delete_pod(namespace: str, name: str, uid: str) -> None:
+    """Delete that very pod: a recreated one of the same name (409 on the precondition) is left alone."""
     try:
-        client.CoreV1Api().delete_namespaced_pod(name, namespace)
+        client.CoreV1Api().delete_namespaced_pod(
+            name, namespace, body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        )
     except ApiException as exc:
-        if exc.status != 404:
+        if exc.status not in (404, 409):
             raise
