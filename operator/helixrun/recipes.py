@@ -128,7 +128,7 @@ DEFAULTS: dict[str, dict] = {
 # models learn their generated data within the budget only at a toy model's learning rate and batch (measured for
 # PTM-Mamba and StructDiff: docs/FIDELITY.md).
 SMOKE: dict[str, dict] = {
-    "ptm-mamba": {"training": {"optimizer": {"lr": 5e-3}, "globalBatch": {"tokens": 1024}}},
+    "ptm-mamba": {"training": {"optimizer": {"lr": 1e-2}, "globalBatch": {"tokens": 1024}}},
     "structdiff": {"model": {"options": {"evalSamples": 16, "evalSteps": 10}},
                    "training": {"optimizer": {"lr": 1e-2}, "globalBatch": {"samples": 32}}},
 }
