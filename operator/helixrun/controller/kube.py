@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import functools
 
-from kubernetes import client, dynamic
+from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from helixrun import api
-from helixrun.kube_login import login  # noqa: F401  (handlers call kube.login at startup)
+
+
+def login() -> None:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
 
 
 @functools.cache
