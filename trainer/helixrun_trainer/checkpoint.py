@@ -1,17 +1,8 @@
 """Checkpoints that a kill at any instant leaves complete or absent.
 
-Layout on the checkpoint volume (local: DIR/checkpoints):
-
-    step-00000500/            complete: manifest.json + COMPLETE inside
-      shared.pt               rank 0: trainable model state, optimizer, scheduler, scaler, counters, data position
-      rank-00000.pt ...       every rank: its RNG states (python, numpy, torch CPU, CUDA)
-      dcp/                    FSDP only: sharded model + optimizer (torch.distributed.checkpoint)
-      manifest.json           step, metrics, world size, every file's bytes and sha256
-      COMPLETE                sha256 of manifest.json
-    step-00000505.tmp/        being written (ignored by readers; at the next start committed if it verifies
-                              and step-00000505 is missing, else removed)
-    final/                    Hugging Face export at the end of training
-    latest                    advisory: name of the newest complete checkpoint
+The layout on the checkpoint volume (local: DIR/checkpoints) and the manifest check are
+helixrun.checkpoint_layout's, shared with `helixrun status`. A `step-N.tmp/` left by a dead
+process is committed at the next start if it verifies and step-N is missing, else removed.
 
 Save protocol: rank 0 creates step-N.tmp; barrier; every rank writes its part to
 `<file>.part`, fsyncs, renames, and writes rank-R.done (its files' sizes and
@@ -31,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -41,26 +31,14 @@ from typing import Any, Callable
 
 import torch
 
+from helixrun.checkpoint_layout import (
+    COMPLETE, FORMAT_VERSION, LATEST, MANIFEST, SHARED, STEP_DIR, CheckpointInfo, CorruptCheckpoint, committed,
+    rank_file, read_manifest, step_dir_name,
+)
 from helixrun_trainer.distributed import DistEnv, barrier, flags_any
 from helixrun_trainer.faults import pause_point
 
 log = logging.getLogger(__name__)
-
-STEP_DIR = re.compile(r"^step-(\d{8})$")
-MANIFEST, COMPLETE, SHARED = "manifest.json", "COMPLETE", "shared.pt"
-FORMAT_VERSION = 1
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
-
-
-class CorruptCheckpoint(Exception):
-    pass
 
 
 # -- durable file writes -----------------------------------------------------
@@ -130,37 +108,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 # -- what is on the volume ---------------------------------------------------
 
 
-@dataclass
-class CheckpointInfo:
-    path: Path
-    step: int
-    manifest: dict = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> dict:
-        return self.manifest.get("metrics", {})
-
-
-def read_manifest(path: Path) -> dict:
-    """The manifest of a committed checkpoint, or CorruptCheckpoint saying why not."""
-    complete, manifest = path / COMPLETE, path / MANIFEST
-    if not complete.is_file():
-        raise CorruptCheckpoint(f"{path.name}: no {COMPLETE} marker")
-    try:
-        raw = manifest.read_bytes()
-    except OSError as exc:
-        raise CorruptCheckpoint(f"{path.name}: manifest unreadable: {exc}") from exc
-    if hashlib.sha256(raw).hexdigest() != complete.read_text().strip():
-        raise CorruptCheckpoint(f"{path.name}: manifest does not match its {COMPLETE} checksum")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptCheckpoint(f"{path.name}: manifest is not JSON: {exc}") from exc
-    if data.get("format") != FORMAT_VERSION or "files" not in data:
-        raise CorruptCheckpoint(f"{path.name}: unknown manifest format {data.get('format')!r}")
-    return data
-
-
 def verify(path: Path, checksums: bool = True) -> CheckpointInfo:
     """Check marker, manifest, and every listed file's size (and sha256)."""
     manifest = read_manifest(path)
@@ -173,23 +120,6 @@ def verify(path: Path, checksums: bool = True) -> CheckpointInfo:
         if checksums and sha256_file(f) != meta["sha256"]:
             raise CorruptCheckpoint(f"{path.name}: {rel} checksum mismatch")
     return CheckpointInfo(path, int(manifest["step"]), manifest)
-
-
-def committed(root: Path) -> list[CheckpointInfo]:
-    """Committed checkpoints (marker + readable manifest), oldest first; files are not re-hashed."""
-    out = []
-    if not root.is_dir():
-        return out
-    for entry in root.iterdir():
-        m = STEP_DIR.match(entry.name)
-        if not m or not entry.is_dir():
-            continue
-        try:
-            manifest = read_manifest(entry)
-        except CorruptCheckpoint:
-            continue
-        out.append(CheckpointInfo(entry, int(m.group(1)), manifest))
-    return sorted(out, key=lambda c: c.step)
 
 
 def newest_valid(root: Path, checksums: bool = True) -> CheckpointInfo | None:
@@ -449,7 +379,7 @@ class CheckpointManager:
             remove_checkpoint(final)
         os.replace(tmp, final)
         fsync_dir(self.root)
-        durable_text(self.root / "latest", final.name + "\n")
+        durable_text(self.root / LATEST, final.name + "\n")
         self.last_saved = CheckpointInfo(final, step, manifest)
         log.info("checkpoint %s committed (%d bytes)", final.name, sum(f["bytes"] for f in files.values()))
         self.apply_retention()
