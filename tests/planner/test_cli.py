@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -18,7 +19,7 @@ def test_plan_json_for_the_runs_pool(capsys):
     plan = out["esm2-650m"]["rtx2080super"]
     assert plan["fits"] and plan["precision"] == "fp16" and plan["offload"]
     assert plan["memory"]["total"] < plan["pool_memory_gib"]
-    assert plan["eta"].endswith("d")
+    assert re.fullmatch(r"\d+d\d\dh", plan["eta"]), f"a run of days prints days and hours: {plan['eta']}"
 
 
 def test_refused_plan_exits_3_and_prints_the_ways_out(capsys):

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import math
 
+# Plans print their step time and ETA with it; status.py and cli/plan.py still import it from here.
+from helixrun.durations import format_duration  # noqa: F401
+
 MFU_LARGE = 0.40
 MFU_MEDIUM = 0.35
 MFU_SMALL = 0.20
@@ -108,14 +111,3 @@ def grace_period_seconds(save_seconds: float, step_seconds: float) -> int:
     """SIGTERM to SIGKILL: the step in flight finishes, then the checkpoint is saved (x1.5 margin), + fixed slack."""
     return max(GRACE_MIN_SECONDS, math.ceil(step_seconds + save_seconds * 1.5 + GRACE_FIXED_SECONDS))
 
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
