@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helixrun.cli import runs
+from helixrun.cli.runs import files, plot, views
 
 from .harness import EXAMPLE, REPO, VENV_BIN
 
@@ -56,9 +56,9 @@ def test_plot_writes_a_png_with_labelled_axes(finished_run, tmp_path):
 
 
 def test_plot_figure_has_the_four_curves_with_labelled_axes(finished_run):
-    curves = runs.local_curves(finished_run)
+    curves = views.curves_from_records(files.read_records(finished_run))
     assert len(curves.steps) == 40 and {"loss", "perplexity"} <= set(curves.eval)
-    fig = runs.plot_curves(curves, "esm2")
+    fig = plot.plot_curves(curves, "esm2")
     titles = {}
     for ax in fig.axes:
         assert ax.get_xlabel() == "step", f"{ax.get_title()}: x axis unlabelled"
@@ -77,7 +77,7 @@ def test_status_of_a_local_run(finished_run):
         for column in ("RUN", "PHASE", "STEP", "LOSS", "TOKENS/S", "ETA", "LAST CHECKPOINT"):
             assert column in header
         assert "esm2-650m" in line and "Succeeded" in line and "40/40" in line and "step 40" in line
-    records = runs.read_records(finished_run)
+    records = files.read_records(finished_run)
     assert f"{records[-1]['loss']:.4f}" in line
 
 
@@ -124,7 +124,7 @@ def test_row_from_a_trainingrun_status():
                                                      "tokensPerSecond": 1234.0},
                    "lastCheckpoint": {"step": 10, "time": "2026-01-01T00:00:00Z"}},
     }
-    row = runs.row(runs.view_from_object(obj), now=runs._parse_time("2026-01-01T00:01:30Z"))
+    row = views.row(views.view_from_object(obj), now=views.parse_time("2026-01-01T00:01:30Z"))
     assert row == {"RUN": "r", "NAMESPACE": "ns", "PHASE": "Running", "STEP": "10/100", "LOSS": "2.5000",
                    "TOKENS/S": "1,234", "ETA": "-", "LAST CHECKPOINT": "step 10, 1m30s ago"}
 

@@ -216,22 +216,23 @@ def test_plot_reads_a_cluster_run_from_prometheus(stack, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as image:
         assert image.size == (1200, 800)
-    from helixrun.cli import runs
+    from helixrun.cli.runs import prometheus, views
 
-    curves = runs.prometheus_curves(stack["prom"].url, RUN, NAMESPACE, 120)
+    curves = views.curves_from_series(**prometheus.curve_series(stack["prom"].url, RUN, NAMESPACE, 120))
     assert len(curves.steps) >= 5 and "loss" in curves.eval and "perplexity" in curves.eval
     assert curves.steps == sorted(curves.steps), "steps go backwards"
 
 
 def test_status_takes_eta_and_throughput_from_prometheus(stack):
-    from helixrun.cli import runs
+    from helixrun.cli.runs import prometheus, views
 
-    view = runs.RunView(name=RUN, namespace=NAMESPACE, phase="Running", step=3, loss=9.0)
-    runs.enrich_from_prometheus(view, stack["prom"].url)
+    status = views.RunView(name=RUN, namespace=NAMESPACE, phase="Running", step=3, loss=9.0)
+    view = views.with_live_values(status, prometheus.live_values(stack["prom"].url, RUN, NAMESPACE))
     assert view.eta_seconds is not None and view.eta_seconds > 0
     assert view.tokens_per_second is not None and view.tokens_per_second > 0
     assert view.step == 3 and view.loss == 9.0, "the TrainingRun status keeps step and loss"
-    bare = runs.enrich_from_prometheus(runs.RunView(name=RUN, namespace=NAMESPACE), stack["prom"].url)
+    bare = views.with_live_values(views.RunView(name=RUN, namespace=NAMESPACE),
+                                  prometheus.live_values(stack["prom"].url, RUN, NAMESPACE))
     assert bare.step and bare.step > 3 and bare.loss is not None
 
 

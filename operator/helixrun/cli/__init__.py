@@ -11,9 +11,9 @@ SUBCOMMANDS = {
     "render": "helixrun.cli.render",
     "plan": "helixrun.cli.plan",
     "operator": "helixrun.cli.operator",
-    "status": "helixrun.cli.runs",
-    "watch": "helixrun.cli.runs",
-    "plot": "helixrun.cli.runs",
+    "status": "helixrun.cli.runs.commands",
+    "watch": "helixrun.cli.runs.commands",
+    "plot": "helixrun.cli.runs.commands",
 }
 
 
