@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from helixrun.planner import Plan
-from helixrun.planner.timing import format_duration
+from helixrun.durations import format_duration
 
 # Condition types the operator maintains, each explaining one kind of transition.
 PLAN_FITS = "PlanFits"

@@ -10,7 +10,7 @@ import yaml
 
 from helixrun import api
 from helixrun.planner import Plan, make_plan
-from helixrun.planner.timing import format_duration
+from helixrun.durations import format_duration
 from helixrun.pools import Pool, PoolConfigError, load_pools
 from helixrun.resolve import spec_with_defaults
 

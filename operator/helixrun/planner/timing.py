@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import math
 
-# Plans print their step time and ETA with it; status.py and cli/plan.py still import it from here.
-from helixrun.durations import format_duration  # noqa: F401
-
 MFU_LARGE = 0.40
 MFU_MEDIUM = 0.35
 MFU_SMALL = 0.20
