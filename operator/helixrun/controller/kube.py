@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import functools
 
-from kubernetes import client, config, dynamic
+from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from helixrun import api
-
-
-def login() -> None:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+from helixrun.kube_login import login  # noqa: F401  (handlers call kube.login at startup)
 
 
 @functools.cache
