@@ -110,10 +110,12 @@ def spec_with_defaults(run: api.TrainingRun, source: str = "", overrides: Sequen
             obj = apply_set(obj, assignment)
         spec = obj["spec"]
     spec = recipes.with_defaults(spec)
-    return api.validate(
-        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
-        f"{source} (with {spec['recipe']} defaults)",
-    )["spec"]
+    source = f"{source} (with {spec['recipe']} defaults)"
+    spec = api.validate({"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
+                        source)["spec"]
+    if problem := recipes.unsupported_init(spec):
+        raise api.InvalidRun([("spec.model.init", problem)], source)
+    return spec
 
 
 def resolve(run: api.TrainingRun, pools: dict[str, Pool], paths: Paths | None = None, source: str = "",

@@ -26,6 +26,7 @@ from helixrun.resolve import ResolvedRun
 from helixrun_trainer import distributed
 from helixrun_trainer.checkpoint import CheckpointInfo, CheckpointManager, checkpoint_bytes, durable_write
 from helixrun_trainer.data import BatchOrder, Prefetch, StepBatches, eval_batches, mix_seed, to_device
+from helixrun_trainer.early_stopping import EarlyStopping
 from helixrun_trainer.errors import EXIT_OK
 from helixrun_trainer.faults import pause_point
 from helixrun_trainer.metrics import ProgressLog, PrometheusExporter, RunRecords
@@ -132,6 +133,7 @@ class Trainer:
         self.checkpoint_every = (ck.every_steps if ck and ck.every_steps else 500)
         ev = spec.evaluation
         self.eval_every = ev.every_steps if ev and ev.every_steps else None
+        self.early_stopping = EarlyStopping.from_spec(ev)
         self.log_every = training.log_every_steps or 10
 
         # Rank 0 reports step, loss and the last checkpoint into the TrainingRun (kubectl get tr); no-op locally.
@@ -153,7 +155,8 @@ class Trainer:
     def save(self, reason: str = "") -> None:
         t0 = time.monotonic()
         meta = {"recipe": self.spec.recipe, "model": self.spec.model.name, "revision": self.spec.model.revision,
-                "method": self.plan.method, "grad_accum": self.grad_accum, "tiny": self.tiny, "reason": reason}
+                "method": self.plan.method, "init": self.spec.model.init, "grad_accum": self.grad_accum,
+                "tiny": self.tiny, "reason": reason}
         self.checkpoints.save(self.state.step, shared=self.run_state.shared, part=self.run_state.part(),
                               metrics=dict(self.state.eval_metrics) if self.state.last_eval_step == self.state.step else {},
                               meta=meta, sharded=self.run_state.save_sharded if self.sharded else None)
@@ -246,7 +249,7 @@ class Trainer:
         progress = ProgressLog(self.total_steps, self.state.step, enabled=self.env.is_main)
         try:
             with Preemption() as preempt:
-                while self.state.step < self.total_steps:
+                while self.state.step < self.total_steps and not self._stopped_early():
                     t0 = time.monotonic()
                     out = self.train_step(self.state.step)
                     record = self._account(out, time.monotonic() - t0)
@@ -291,6 +294,9 @@ class Trainer:
                 "samples_per_second": out["samples"] / dt if dt > 0 else 0.0,
                 "epoch": self.batches.epoch_of(self.state.step - 1), "_seconds": dt}
 
+    def _stopped_early(self) -> bool:
+        return self.early_stopping is not None and self.early_stopping.stopped(self.state)
+
     def _evaluation_due(self, step: int) -> bool:
         return bool(self.eval_every) and (step % self.eval_every == 0 or step == self.total_steps)
 
@@ -302,6 +308,10 @@ class Trainer:
     def _evaluate_at(self, step: int, progress: ProgressLog) -> dict:
         self.state.eval_metrics = self.evaluate()
         self.state.last_eval_step = step
+        if self.early_stopping is not None:
+            self.early_stopping.observe(self.state, self.state.eval_metrics)
+            if self._stopped_early():
+                progress.message(f"early stopping at step {step}: {self.early_stopping.reason(self.state)}")
         for k, v in self.state.eval_metrics.items():
             self.prom.set("helixrun_eval_metric", v, metric=k)
         progress.message(f"eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in self.state.eval_metrics.items()))
@@ -322,7 +332,7 @@ class Trainer:
         stop, writing = distributed.flags_any(self.env, signalled, not self.checkpoints.part_written())
         self.checkpoints.finish_if_ready(all_ranks_written=not writing)
         self._export_checkpoint()
-        if stop or step % self.checkpoint_every == 0 or step == self.total_steps:
+        if stop or step % self.checkpoint_every == 0 or step == self.total_steps or self._stopped_early():
             self.save("preempted" if stop else "periodic")
         if stop:
             self.checkpoints.wait()

@@ -7,9 +7,16 @@ optimizer steps already taken) uses lr_at(s):
   already one step up (so the first update is never zero);
 - cosine: from lr down to minLr at the last step;
 - linear: from lr down to lr*finalLrFraction at the last step;
+- linear-hold: BioNeMo's WarmupAnnealDecayHold, the ESM-2 schedule: warmup from
+  0 (step 0 gets 0, step warmupSteps the peak), then linear decay aimed at 0 at
+  the last step, held at lr*finalLrFraction once it gets there (with 0.1: after
+  90% of the decay);
 - constant: lr after warmup.
 decaySteps puts the decay's end elsewhere than the last step: a run stopped
 early (GeneChat's published run) keeps the curve of the longer schedule.
+AdamW decays weights decoupled from the gradient (p <- p*(1 - lr*wd) before the
+Adam update), as ESM-2's fairseq Adam and BioNeMo's Megatron Adam do; the API
+refuses adam with weight decay, which would be coupled L2.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ import torch
 def lr_at(step: int, *, lr: float, total_steps: int, name: str = "cosine", warmup_steps: int = 0,
           min_lr: float = 0.0, final_lr_fraction: float = 0.0, warmup_start_lr: float = 0.0,
           decay_end: int | None = None) -> float:
+    if name == "linear-hold":
+        if step < warmup_steps:
+            return lr * step / warmup_steps
+        decay_steps = max(1, (decay_end or total_steps) - warmup_steps)
+        return max(lr * (1.0 - (step - warmup_steps) / decay_steps), lr * final_lr_fraction)
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_start_lr + (lr - warmup_start_lr) * (step + 1) / warmup_steps
     if name == "constant":

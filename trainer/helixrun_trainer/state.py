@@ -34,6 +34,9 @@ class TrainState:
     last_eval_step: int = 0
     eval_metrics: dict = field(default_factory=dict)
     restarts: int = 0
+    # early stopping (helixrun_trainer/early_stopping.py): the metric's best so far, evaluations since it
+    best_metric: float | None = None
+    evaluations_since_best: int = 0
 
     def load_state_dict(self, state: dict) -> None:
         for f in fields(self):

@@ -165,6 +165,7 @@ def _print_one(console, run_name: str, pool: Pool, plan: Plan) -> None:
     rows = [
         ("fits", "yes" if plan.fits else "[red]no[/red]"),
         ("setup", _setup_words(plan)),
+        ("weights", "released (model.init pretrained)" if plan.init == "pretrained" else "fresh (model.init scratch)"),
         ("precision", f"{plan.precision}" + (" + TF32" if plan.tf32 else "") + f", weights loaded as {plan.load_dtype}"),
         ("attention", plan.attention),
         ("batch (micro x accum x world)", _batch_words(plan)),

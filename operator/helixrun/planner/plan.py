@@ -37,6 +37,8 @@ class Plan(BaseModel):
 
     fits: bool
     method: Literal["full", "lora", "qlora"]
+    # Where the main model's weights start (spec.model.init): released weights, or fresh ones (pretraining).
+    init: Literal["pretrained", "scratch"] = "pretrained"
     precision: Literal["bf16", "fp16", "fp32"]
     tf32: bool = False
     attention: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"

@@ -403,7 +403,7 @@ def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> 
     base = dict(
         precision=precision, tf32=ctx.tf32, attention=ctx.attention, world_size=world, seq_len=seq_len,
         memory_limit_gib=round(_limit(pool), 2), total_params=sum(c.arch.params(c.head) for c in composition.components),
-        host_memory_gib=host_gib,
+        host_memory_gib=found.host_gib, init=spec.model.init or "pretrained",
     )
     if chosen is None:
         smallest = min(tried, key=lambda t: t[1].total) if tried else None
