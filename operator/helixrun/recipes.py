@@ -199,6 +199,19 @@ OPTION_SCHEMAS: dict[str, dict[str, dict[str, dict]]] = {
             "onError": {"enum": ["raise", "skip"]},
         },
     },
+    "esm2-mlm": {
+        "model": {"maskProbability": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+        # clusters: the UniRef50 -> UniRef90 membership file (esm2_mlm.py, docs/FIDELITY.md)
+        "data": {"clusters": _NAME, "evalFraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}},
+    },
+    "metagene-classification": {
+        "model": {"pooling": {"enum": ["mean"]}, "headDropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}},
+        "data": {
+            "labels": _NAME, "tokenizer": _NAME,
+            "evalFraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "onError": {"enum": ["raise", "skip"]},
+        },
+    },
 }
 
 

@@ -14,6 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Minimal runs: production names (never loaded with --tiny), settings that make 12 tiny steps learn something.
 RUNS = {
+    "esm2-mlm": """\
+spec:
+  recipe: esm2-mlm
+  model: {name: facebook/esm2_t33_650M_UR50D, method: full}
+  data: {path: uniref90.fasta, format: fasta, options: {clusters: uniref50-members.tsv}}
+  hardware: {pool: a800, gpusPerNode: 1}
+  training: {maxSteps: 100, globalBatch: {tokens: 2000000}}
+  evaluation: {everySteps: 100, metrics: [loss, perplexity]}
+""",
     "metagene-classification": """\
 spec:
   recipe: metagene-classification

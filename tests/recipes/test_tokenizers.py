@@ -104,4 +104,5 @@ def test_nucleotide_bpe_round_trips_and_fits_metagene_vocab(metagene_tok, sequen
     ids = metagene_tok(sequence, add_special_tokens=False)["input_ids"]
     assert all(0 <= i < 1024 for i in ids)
     assert metagene_tok.decode(ids).replace(" ", "") == sequence
-    assert metagene_tok.pad_token_id == 0 and metagene_tok.bos_token_id == 3 and metagene_tok.eos_token_id == 4
+    # the pretraining tokenizer's ids (metagene-pretrain mgfm-1024): [PAD] 0, [BOS] 4, [EOS] 5
+    assert metagene_tok.pad_token_id == 0 and metagene_tok.bos_token_id == 4 and metagene_tok.eos_token_id == 5

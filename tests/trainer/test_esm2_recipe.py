@@ -74,7 +74,8 @@ def test_production_path_loads_a_snapshot_from_the_cache_volume_and_reads_fasta(
     write_fasta(tiny_sequences(1, n=120), tmp_path / "proteins.fasta")
     cmd = [sys.executable, "-m", "helixrun_trainer.cli", "--local", "-f", str(run_file), "--workdir", str(workdir),
            "--metrics-port", "0"]
-    for s in ("model.name=facebook/esm2_t6_8M_UR50D", f"data.path={tmp_path}/proteins.fasta", "training.maxSteps=4",
+    for s in ("model.name=facebook/esm2_t6_8M_UR50D", f"data.path={tmp_path}/proteins.fasta", "data.options.clusters=null",
+              "training.maxSteps=4",
               "checkpointing.everySteps=2", "evaluation.everySteps=2", "training.globalBatch.tokens=2048",
               "hardware.gpusPerNode=1", "training.logEverySteps=1"):
         cmd += ["--set", s]

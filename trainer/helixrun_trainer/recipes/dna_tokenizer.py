@@ -14,8 +14,10 @@ from typing import Callable, Iterable
 
 from helixrun_trainer.files import write_atomically
 
-# METAGENE-1: pad 0, unk 1, sep 2, bos 3, eos 4, mask 5; vocab 1024.
-METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
+# METAGENE-1's pretraining tokenizer (metagene-pretrain train/minbpe/mgfm-1024/tokenizer.json): [PAD] 0, [UNK] 1,
+# [CLS] 2, [SEP] 3, [BOS] 4, [EOS] 5, [MASK] 6; vocab 1024. Pretraining appended id 5 to every read (nao.py),
+# although the model's config.json says bos 3, eos 4, mask 5.
+METAGENE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[MASK]")
 # DNABERT-2: [UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4; vocab 4096.
 DNABERT2_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 NUCLEOTIDES = "ACGTN"
@@ -37,7 +39,7 @@ def cached_tokenizer(cache: Path | None, train: Callable[[], "Tokenizer"]) -> "T
 
 
 def build_bpe(sequences: Iterable[str], vocab_size: int, specials: tuple[str, ...], cache: Path | None = None,
-              **special_roles):
+              max_token_length: int | None = None, **special_roles):
     """A PreTrainedTokenizerFast trained on `sequences` (or loaded from `cache`/tokenizer.json)."""
     from tokenizers import Tokenizer, models, trainers
     from transformers import PreTrainedTokenizerFast
@@ -45,7 +47,8 @@ def build_bpe(sequences: Iterable[str], vocab_size: int, specials: tuple[str, ..
     def train() -> Tokenizer:
         tok = Tokenizer(models.BPE(unk_token=special_roles.get("unk_token", "[UNK]")))
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials),
-                                      initial_alphabet=list(NUCLEOTIDES), show_progress=False)
+                                      initial_alphabet=list(NUCLEOTIDES), show_progress=False,
+                                      max_token_length=max_token_length)
         tok.train_from_iterator(sequences, trainer=trainer)
         return tok
 
@@ -53,8 +56,11 @@ def build_bpe(sequences: Iterable[str], vocab_size: int, specials: tuple[str, ..
 
 
 def metagene_tokenizer(sequences: Iterable[str], cache: Path | None = None, vocab_size: int = 1024):
-    return build_bpe(sequences, vocab_size, METAGENE_SPECIALS, cache, pad_token="[PAD]", unk_token="[UNK]",
-                     sep_token="[SEP]", bos_token="[BOS]", eos_token="[EOS]", mask_token="[MASK]")
+    # Tokens of at most 6 nt: 1024 merges over a tiny corpus would otherwise grow tokens as long as whole reads
+    # (about 5 per read), where the real tokenizer, trained on a vast corpus, keeps mostly short k-mers.
+    return build_bpe(sequences, vocab_size, METAGENE_SPECIALS, cache, max_token_length=6, pad_token="[PAD]",
+                     unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", bos_token="[BOS]", eos_token="[EOS]",
+                     mask_token="[MASK]")
 
 
 def dnabert2_tokenizer(sequences: Iterable[str], cache: Path | None = None, vocab_size: int = 4096):

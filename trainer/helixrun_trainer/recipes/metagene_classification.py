@@ -3,13 +3,19 @@
 Model (as m2lab-ntu's classifier): METAGENE-1, a plain Llama (production
 `metagene-ai/METAGENE-1` via from_pretrained, loaded in **bf16 on purpose** —
 its weights are stored fp32, 26 GB, which alone overflows a 24 GB card — or in
-4-bit NF4 with bf16 compute when the plan's method is qlora), LoRA on the
-attention projections, masked mean pooling over the last hidden states and a
-linear head (fp32, trained). Gradient checkpointing when the plan asks (the
-runtime calls `gradient_checkpointing_enable`). Tiny: a 2-layer Llama of the
-same shape family (vocab 1024, hidden 64, 4 heads, FFN 172, 512 positions, pad
-0, bos 3, eos 4) and a BPE tokenizer over nucleotides built locally with
-METAGENE-1's special-token ids.
+4-bit NF4 with bf16 compute when the plan's method is qlora; model.init scratch
+builds the architecture with fresh fp32 weights instead), LoRA on the attention
+projections, masked mean pooling over the last hidden states, dropout
+(model.options.headDropout, 0.1 as the reference) and a linear head (fp32,
+trained). Gradient checkpointing when the plan asks (the runtime calls
+`gradient_checkpointing_enable`). Tiny: a 2-layer Llama of the same shape
+family (vocab 1024, hidden 64, 4 heads, FFN 172, 512 positions) and a BPE
+tokenizer over nucleotides built locally with the pretraining tokenizer's
+special tokens.
+
+Tokens: a read is tokenized as METAGENE-1 was pretrained (metagene-pretrain
+`litgpt/data/nao.py`): its BPE tokens, no BOS, cut to data.maxSequenceLength - 1
+and followed by the tokenizer's [EOS].
 
 Data (data.format fasta-labelled; data.path a FASTA/FASTQ file or a folder):
 - a folder with `train.*` and `val.*` (or `eval.*`/`test.*`) FASTA/FASTQ files
@@ -57,6 +63,7 @@ from helixrun_trainer.errors import DataError
 from helixrun_trainer.recipes.adapters import add_lora, base_load_kwargs, method_of
 from helixrun_trainer.recipes.base import (LossOutput, RecipeBase, RecipeData, in_eval_split, on_data_volume,
                                           resolve_data_path)
+from helixrun_trainer.recipes.weights import load_main_model
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +82,12 @@ EVAL_PREFIXES = ("val", "eval", "test")
 
 
 class SequenceClassifier(nn.Module):
-    """A decoder base, masked mean pooling over real tokens, a linear head."""
+    """A decoder base, masked mean pooling over real tokens, dropout, a linear head."""
 
-    def __init__(self, base: nn.Module, hidden_size: int, num_classes: int):
+    def __init__(self, base: nn.Module, hidden_size: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
         self.base = base
+        self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_classes)
 
     def gradient_checkpointing_enable(self, **kwargs):
@@ -92,7 +100,7 @@ class SequenceClassifier(nn.Module):
         hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(torch.float32)
         pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled.to(self.head.weight.dtype))
+        return self.head(self.dropout(pooled).to(self.head.weight.dtype))
 
 
 def tiny_llama_config(vocab_size: int = 1024):
@@ -170,11 +178,11 @@ def read_labelled(path: Path, labels: dict[str, str] | None, on_error: str) -> t
 
 
 def tiny_reads(seed: int, n: int = 240) -> list[tuple[str, str, str]]:
-    """Reads from three synthetic 'genomes' with different composition: learnable in a few dozen steps."""
+    """Reads from three synthetic 'genomes', each rich in one nucleotide (A, C, T): a composition signal the tiny
+    model learns within a --tiny run."""
     rng = random.Random(seed)
-    weights = {0: (0.45, 0.05, 0.05, 0.45), 1: (0.05, 0.45, 0.45, 0.05), 2: (0.25, 0.25, 0.25, 0.25)}
+    weights = {0: (0.7, 0.1, 0.1, 0.1), 1: (0.1, 0.7, 0.1, 0.1), 2: (0.1, 0.1, 0.1, 0.7)}
     genomes = {c: "".join(rng.choices("ACGT", weights=w, k=3000)) for c, w in weights.items()}
-    genomes[2] = ("ACGTTGCA" * 400)[:3000]  # a repetitive one
     reads = []
     for i in range(n):
         c = i % 3
@@ -199,19 +207,21 @@ class Collate:
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def read_token_ids(tokenizer, sequences: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """Each read as pretraining saw it: its BPE tokens (no BOS) cut to max_tokens - 1, then [EOS]; and how many
+    were cut."""
+    ids = tokenizer(sequences, add_special_tokens=False)["input_ids"]
+    return [[*x[:max_tokens - 1], tokenizer.eos_token_id] for x in ids], sum(len(x) >= max_tokens for x in ids)
+
+
 def encode_reads(tokenizer, reads: list[tuple[str, str, str]], class_index: dict[str, int], max_tokens: int,
                  source: str) -> tuple[list[tuple[list[int], int]], int]:
-    encoded, truncated = [], 0
-    batch = tokenizer([seq for _, seq, _ in reads], add_special_tokens=False)["input_ids"]
-    for (rid, _, label), ids in zip(reads, batch):
+    for rid, _, label in reads:
         if label not in class_index:
             raise DataError(f"{source}: read {rid!r} has label {label!r}, not among the training labels "
                             f"{sorted(class_index)}")
-        ids = [tokenizer.bos_token_id, *ids]
-        if len(ids) > max_tokens:
-            ids, truncated = ids[:max_tokens], truncated + 1
-        encoded.append((ids, class_index[label]))
-    return encoded, truncated
+    ids, truncated = read_token_ids(tokenizer, [seq for _, seq, _ in reads], max_tokens)
+    return [(x, class_index[label]) for x, (_, _, label) in zip(ids, reads)], truncated
 
 
 # -- recipe -------------------------------------------------------------------
@@ -343,6 +353,7 @@ class MetageneClassification(RecipeBase):
         out_dir.mkdir(parents=True, exist_ok=True)
         model_spec = cfg.spec.get("model") or {}
         meta = {"recipe": self.name, "classes": self.classes, "base": model_spec.get("name"), "lora": model_spec.get("lora"),
+                "headDropout": head_dropout(cfg),
                 "revision": model_spec.get("revision"), "method": method_of(cfg), "tiny": bool(getattr(model, "_tiny", False)),
                 "maxSequenceLength": (cfg.spec.get("data") or {}).get("maxSequenceLength") or 512}
         (out_dir / "recipe.json").write_text(json.dumps(meta, indent=1))
@@ -355,20 +366,19 @@ class MetageneClassification(RecipeBase):
             self.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
 
 
+def head_dropout(cfg) -> float:
+    return float(((cfg.spec.get("model") or {}).get("options") or {}).get("headDropout", 0.1))
+
+
 def build_classifier(cfg, tiny: bool, num_classes: int) -> SequenceClassifier:
     from transformers import AutoModel, LlamaModel
 
     method = method_of(cfg)
-    if tiny:
-        base = LlamaModel(tiny_llama_config())
-        hidden = base.config.hidden_size
-    else:
-        name = (cfg.spec.get("model") or {})["name"]
-        base = AutoModel.from_pretrained(name, **base_load_kwargs(cfg, method))
-        hidden = base.config.hidden_size
+    base = LlamaModel(tiny_llama_config()) if tiny else load_main_model(AutoModel, cfg, **base_load_kwargs(cfg, method))
+    hidden = base.config.hidden_size
     if method in ("lora", "qlora"):
         base = add_lora(base, cfg, method=method)
-    model = SequenceClassifier(base, hidden, num_classes)
+    model = SequenceClassifier(base, hidden, num_classes, head_dropout(cfg))
     model._tiny = tiny
     return model
 
@@ -389,14 +399,14 @@ def load_for_inference(model_dir: Path, device: str = "cpu"):
             lora = meta.get("lora") or {}
             base = get_peft_model(base, LoraConfig(r=int(lora.get("r", 8)), lora_alpha=float(lora.get("alpha", 16)),
                                                    target_modules=list(lora.get("targetModules") or ["q_proj", "v_proj"])))
-        model = SequenceClassifier(base, 64, len(meta["classes"]))
+        model = SequenceClassifier(base, 64, len(meta["classes"]), meta.get("headDropout", 0.1))
         model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu"))
     else:
         from peft import PeftModel
 
         base = AutoModel.from_pretrained(meta["base"], revision=meta.get("revision"), dtype=torch.bfloat16)
         base = PeftModel.from_pretrained(base, str(model_dir / "adapter"))
-        model = SequenceClassifier(base, base.config.hidden_size, len(meta["classes"]))
+        model = SequenceClassifier(base, base.config.hidden_size, len(meta["classes"]), meta.get("headDropout", 0.1))
         model.head.load_state_dict(torch.load(model_dir / "head.pt", map_location="cpu"))
     return model.to(device).eval(), tokenizer, meta
 
@@ -418,8 +428,8 @@ def predict(model_dir: Path, inputs: Path, output: Path, batch_size: int = 32, d
         writer.writerow(["id", "prediction", "probability", *(f"p_{c}" for c in classes)])
 
         def flush(chunk):
-            ids = tokenizer([seq for _, seq in chunk], add_special_tokens=False)["input_ids"]
-            samples = [([tokenizer.bos_token_id, *x][:max_tokens], 0) for x in ids]
+            ids, _ = read_token_ids(tokenizer, [seq for _, seq in chunk], max_tokens)
+            samples = [(x, 0) for x in ids]
             batch = {k: v.to(device) for k, v in collate(samples).items()}
             probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"]).float(), -1).cpu()
             for (rid, _), p in zip(chunk, probs):
