@@ -36,6 +36,10 @@ LABEL org.opencontainers.image.title="helixrun-operator" \
       org.opencontainers.image.description="helixrun operator: TrainingRun -> Kubeflow PyTorchJob (kopf)" \
       org.opencontainers.image.source="https://github.com/helixrun/helixrun" \
       org.opencontainers.image.licenses="Apache-2.0"
+# A passwd entry for the chart's runAsUser: kopf names its peering identity after
+# the user (getpass.getuser()), which fails for a uid without one.
+RUN groupadd --gid 65532 helixrun \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin helixrun
 # Dependencies first, from pyproject.toml alone (the package builds empty), so a
 # code change reuses this layer; then the package itself, without dependencies
 # (its helixrun/crds is a link to the repository's crds/).

@@ -137,6 +137,15 @@ def test_operator_image_starts_without_torch(images):
     assert "torch" not in {normalize(n) for n in found["installed"]}
 
 
+@pytest.mark.parametrize("name", ["operator", "trainer"])
+def test_the_images_user_has_a_name(images, name):
+    """kopf names its peering identity, and torch its caches, after getpass.getuser(): a uid without a
+    passwd entry crashes the operator at start (seen in the first real pod)."""
+    proc = run_like_a_pod(images[name], image_user(name), "-c", "import getpass; print(getpass.getuser())",
+                          entrypoint="python3")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-2000:]
+
+
 @pytest.fixture
 def containerd(tmp_path):
     """A containerd of our own (root, state and socket in tmp_path), as the real node runs one; its socket."""
