@@ -7,7 +7,7 @@ import math
 import pytest
 
 from helixrun.planner import memory as mem
-from helixrun.planner import planner, timing
+from helixrun.planner import notes, planner, timing
 from helixrun.planner.models import lookup
 
 METAGENE = lookup("metagene-ai/METAGENE-1")
@@ -134,7 +134,7 @@ def test_token_batching_by_hand(pools):
     spec = make_spec(run("esm2-mlm", "rtx2080super"))
     b = planner._batching(spec, world=1, seq_len=512, max_micro=6)
     assert (b.micro_batch, b.grad_accum, b.effective, b.exact) == (6, 652, 2_002_944, False)
-    assert "+0.15%" in b.note
+    assert "+0.15%" in " ".join(notes.batching_notes(b, seq_len=512, world=1))
 
 
 def test_token_batching_spreads_the_budget_over_the_fewest_steps(pools):
@@ -145,10 +145,12 @@ def test_token_batching_spreads_the_budget_over_the_fewest_steps(pools):
     spec = make_spec(run("esm2-mlm", "a800", training={"globalBatch": {"tokens": 400_000}}))
     b = planner._batching(spec, world=4, seq_len=1024, max_micro=44)
     assert (b.micro_batch, b.grad_accum, b.effective, b.exact) == (33, 3, 405_504, False)
-    assert "+5,504 (+1.38%)" in b.note and "training.globalBatch.tokens: 405504 would be exact" in b.note
+    (note,) = notes.batching_notes(b, seq_len=1024, world=4)
+    assert "+5,504 (+1.38%)" in note and "training.globalBatch.tokens: 405504 would be exact" in note
     spec = make_spec(run("esm2-mlm", "a800", training={"globalBatch": {"tokens": 405_504}}))
     b = planner._batching(spec, world=4, seq_len=1024, max_micro=44)
-    assert (b.micro_batch, b.grad_accum, b.exact, b.note) == (33, 3, True, None), "the suggested batch is exact"
+    assert (b.micro_batch, b.grad_accum, b.exact) == (33, 3, True), "the suggested batch is exact"
+    assert notes.batching_notes(b, seq_len=1024, world=4) == []
 
 
 def test_sample_batching_spreads_an_uneven_batch_over_the_fewest_steps(pools):
@@ -158,7 +160,7 @@ def test_sample_batching_spreads_an_uneven_batch_over_the_fewest_steps(pools):
     spec = make_spec(run("metagene-classification", "a800", training={"globalBatch": {"samples": 1001}}))
     b = planner._batching(spec, world=4, seq_len=512, max_micro=44)
     assert (b.micro_batch, b.grad_accum, b.effective) == (42, 6, 1008)
-    assert "training.globalBatch.samples: 1008 would be exact" in b.note
+    assert "training.globalBatch.samples: 1008 would be exact" in " ".join(notes.batching_notes(b, seq_len=512, world=4))
 
 
 def test_sample_batching_prefers_an_exact_divisor(pools):

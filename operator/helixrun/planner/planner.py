@@ -15,6 +15,9 @@ ZeRO-2 plans say distributed="deepspeed", zero_stage=2; the trainer runs them on
 FSDP2 and memory.py models that (see its docstring). Nothing fits: `fits=False`
 and a refusal giving the smallest estimate and the ways out (another method,
 QLoRA, more GPUs, a pool where it fits).
+
+`search` judges the ladder and chooses; `make_plan` turns its choice into the
+Plan's numbers; notes.py words both (notes, refusals). All three are pure.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from helixrun.planner import memory as mem
-from helixrun.planner import timing
+from helixrun.planner import notes, timing
 from helixrun.planner.models import Architecture, Component, Composition, compose
 from helixrun.planner.plan import MemoryEstimate, Plan
 from helixrun.pools import HostShare, Pool
@@ -42,14 +45,6 @@ class Setup:
     zero_stage: int = 0
     offload: bool = False
     checkpointing: bool = False
-
-    def describe(self) -> str:
-        parts = [self.method]
-        if self.zero_stage:
-            parts.append(f"ZeRO-{self.zero_stage}" + (" + CPU offload" if self.offload else ""))
-        if self.checkpointing:
-            parts.append("gradient checkpointing")
-        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -159,22 +154,12 @@ def _largest_layer_params(ctx: Context) -> int:
 # -- choices ---------------------------------------------------------------------
 
 
-def _precision(spec, pool: Pool) -> tuple[str, list[str], str | None]:
+def _precision(spec, pool: Pool) -> str:
+    """The precision asked for; auto: bf16 where the pool has it, else fp16 (a bf16 run on such a pool is refused)."""
     wanted = spec.training.precision or "auto"
-    notes: list[str] = []
     if wanted == "auto":
-        if pool.bf16:
-            return "bf16", notes, None
-        notes.append(f"{pool.name} has no bf16: fp16 autocast with a dynamic grad scaler (torch.amp.GradScaler)")
-        return "fp16", notes, None
-    if wanted == "bf16" and not pool.bf16:
-        return "bf16", notes, (
-            f"training.precision: bf16 was asked for but pool {pool.name} ({pool.gpu_product}) has no bf16: "
-            "set training.precision: fp16 or auto"
-        )
-    if wanted == "fp16":
-        notes.append("fp16 autocast with a dynamic grad scaler (torch.amp.GradScaler)")
-    return wanted, notes, None
+        return "bf16" if pool.bf16 else "fp16"
+    return wanted
 
 
 def _attention(arch: Architecture, pool: Pool, precision: str) -> str:
@@ -227,7 +212,7 @@ class Batching:
     requested: int
     effective: int
     exact: bool
-    note: str | None
+    max_micro: int  # the largest micro-batch that fits
 
 
 def _batching(spec, world: int, seq_len: int, max_micro: int) -> Batching:
@@ -240,15 +225,7 @@ def _batching(spec, world: int, seq_len: int, max_micro: int) -> Batching:
         accum = max(1, math.ceil(tokens / (max_micro * seq_len * world)))
         micro = max(1, math.ceil(tokens / (accum * seq_len * world)))
         effective = accum * micro * seq_len * world
-        note = None
-        if effective != tokens:
-            note = (
-                f"global batch {effective:,} tokens = {micro} x {accum} x {seq_len} tokens x {world} ranks, "
-                f"{effective - tokens:+,} ({(effective - tokens) / tokens:+.2%}) from the {tokens:,} asked for "
-                f"(micro-batches are whole sequences of up to {seq_len} tokens); "
-                f"training.globalBatch.tokens: {effective} would be exact"
-            )
-        return Batching(micro, accum, "tokens", tokens, effective, effective == tokens, note)
+        return Batching(micro, accum, "tokens", tokens, effective, effective == tokens, max_micro)
     samples = batch.samples if batch is not None and batch.samples else world
     per_rank = samples / world
     if per_rank == int(per_rank):
@@ -259,15 +236,7 @@ def _batching(spec, world: int, seq_len: int, max_micro: int) -> Batching:
         accum = max(1, math.ceil(per_rank / max_micro))
         micro = max(1, math.ceil(samples / (accum * world)))
     effective = accum * micro * world
-    note = None
-    if effective != samples:
-        note = (
-            f"global batch {effective} samples = {micro} x {accum} x {world} ranks, {effective - samples:+} "
-            f"from the {samples} asked for; training.globalBatch.samples: {effective} would be exact"
-        )
-    elif micro < max_micro and micro < per_rank:
-        note = f"micro-batch {micro} (up to {max_micro} fits) so that {micro} x {accum} x {world} ranks is exactly {samples} samples"
-    return Batching(micro, accum, "samples", samples, effective, effective == samples, note)
+    return Batching(micro, accum, "samples", samples, effective, effective == samples, max_micro)
 
 
 def _cap(spec, world: int, seq_len: int) -> int:
@@ -341,159 +310,163 @@ def _checkpoint_bytes(ctx: Context, setup: Setup) -> int:
     return int(p_train * per_param + t_train * 4)
 
 
+@dataclass(frozen=True)
+class Judged:
+    """One rung of the ladder as the search judged it."""
+
+    setup: Setup
+    at_one: MemoryEstimate  # per GPU at micro-batch 1
+    micro_batch: int  # the largest that fits; 0: not even 1
+    step_seconds: float | None  # estimated at that micro-batch; None when nothing fits
+    host_gib: float  # host memory per node CPU offload needs (0 without offload)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The setups the search judged on one pool, in ladder order, and the one it chose."""
+
+    judged: tuple[Judged, ...]
+    skipped: tuple[tuple[Setup, float], ...]  # offload rungs left out: the host GiB per node each needs
+    host_gib: float  # host memory the run's pods take per node
+    host_share_gib: float  # of it, per GPU (memoryPerGPU)
+    limit_gib: float  # the pool's memory per GPU the plan may use
+    chosen: Judged | None
+
+    @property
+    def fitting(self) -> list[Judged]:
+        return [j for j in self.judged if j.micro_batch]
+
+    @property
+    def smallest(self) -> Judged | None:
+        return min(self.judged, key=lambda j: j.at_one.total) if self.judged else None
+
+
+def search(spec, ctx: Context, method: str, *, precision_fits: bool = True) -> Search:
+    """Judge every rung of the method's ladder; among those that fit (each at its largest micro-batch), choose the
+    fastest by the step-time estimate (ties: the earlier rung). Checkpointing or offload can win: a larger
+    micro-batch means fewer per-micro-batch transfers (PCIe, ZeRO-2 collectives)."""
+    # CPU offload may use the host memory the run's pods request: memoryPerGPU (the run's, else the pool's) per GPU.
+    share = HostShare.of(ctx.pool, spec.hardware)
+    host_gib = share.memory_gib * spec.hardware.gpus_per_node
+    cap = _cap(spec, ctx.world, ctx.seq_len)
+    judged, skipped = [], []
+    ladder = _ladder(method, allows_qlora(spec), ctx.main.arch.params(ctx.main.head), ctx.world)
+    for setup in ladder if precision_fits else []:
+        needed = host_memory_needed_gib(ctx, setup)
+        if setup.offload and needed > host_gib:
+            skipped.append((setup, needed))
+            continue
+        micro = _largest_micro_batch(ctx, setup, cap)
+        step = _step_seconds(spec, ctx, setup, _batching(spec, ctx.world, ctx.seq_len, micro)) if micro else None
+        judged.append(Judged(setup, estimate(ctx, setup, 1), micro, step, needed))
+    fitting = [j for j in judged if j.micro_batch]
+    return Search(
+        judged=tuple(judged), skipped=tuple(skipped), host_gib=host_gib, host_share_gib=share.memory_gib,
+        limit_gib=_limit(ctx.pool), chosen=min(fitting, key=lambda j: j.step_seconds) if fitting else None,
+    )
+
+
+@dataclass(frozen=True)
+class WaysOut:
+    """What would make a refused run fit, as the search found it."""
+
+    methods: dict[str, float]  # another method -> its smallest GiB per GPU (for a full run)
+    allow_qlora: float | None  # QLoRA's smallest GiB per GPU, for a LoRA run that does not allow it
+    wider: tuple[Plan, int] | None  # the plan on every GPU of a node, and that count, where it fits
+    pools: list[tuple[float, str, Plan]] | None  # (GiB per GPU, name, plan) where it fits; None: no pools given
+    pool_gib_needed: float  # what a pool's GPUs would need
+
+
 def make_plan(spec, pool: Pool, alternatives: dict[str, Pool] | None = None) -> Plan:
     """Plan one run on one pool. `alternatives` (all configured pools) lets a refusal name pools where it fits."""
     try:
         composition = compose(spec)
     except KeyError as exc:  # a model the catalog does not know: refuse, do not crash the operator
         return _refused_without_estimate(spec, pool, str(exc.args[0]))
-    main = composition.main.arch
-    if not main.trainable:
-        return _refused_without_estimate(spec, pool, f"{main.display} ({main.hf_id}) is used for precompute only, not trained")
-    notes: list[str] = list(composition.notes)
-    precision, precision_notes, precision_refusal = _precision(spec, pool)
-    notes += precision_notes
+    if not composition.main.arch.trainable:
+        return _refused_without_estimate(spec, pool, notes.not_trainable(composition.main.arch))
+    precision = _precision(spec, pool)
+    precision_fits = not (spec.training.precision == "bf16" and not pool.bf16)
     ctx = _context(spec, pool, composition, precision)
-    world = ctx.world
-    seq_len = ctx.seq_len
     method = spec.model.method or "full"
-    allow_qlora = allows_qlora(spec)
-    p_main = main.params(composition.main.head)
-    for c in composition.components:
-        notes += list(c.arch.notes)
-        frozen = c.role == "frozen-nograd" or (c is composition.main and method != "full")
-        if frozen and c.arch.storage_dtype == "fp32" and precision != "fp32":
-            notes.append(
-                f"{c.arch.display} is published in fp32 ({c.arch.weight_bytes_stored(c.head) / 1e9:.1f} GB): "
-                f"load it with torch_dtype={'torch.bfloat16' if precision == 'bf16' else 'torch.float16'}; "
-                f"without an explicit dtype its weights take twice the memory ({c.arch.weight_bytes_stored(c.head) / mem.GIB:.1f} GiB)"
-            )
-    if seq_len > main.max_positions:
-        notes.append(f"sequence length {seq_len} exceeds the {main.max_positions} positions {main.display} was trained on")
-    if ctx.tf32:
-        notes.append("TF32 matmuls enabled (torch.backends.cuda.matmul.allow_tf32)")
-    if world > 1:
-        notes.append("DDP with gradient_as_bucket_view=True assumed (no second copy of the gradients)")
-
-    cap = _cap(spec, world, seq_len)
-    ladder = _ladder(method, allow_qlora, p_main, world)
-    fitting: list[tuple[Setup, int, float]] = []  # (setup, largest micro-batch, estimated step seconds), ladder order
-    tried: list[tuple[Setup, MemoryEstimate]] = []
-    # CPU offload may use the host memory the run's pods request: memoryPerGPU (the run's, else the pool's) per GPU.
-    share = HostShare.of(pool, spec.hardware)
-    host_gib = share.memory_gib * spec.hardware.gpus_per_node
-    skipped_offload: float | None = None
-    for setup in ladder if precision_refusal is None else []:
-        if setup.offload and host_memory_needed_gib(ctx, setup) > host_gib:
-            skipped_offload = host_memory_needed_gib(ctx, setup)
-            notes.append(
-                f"{setup.describe()}: needs ~{host_memory_needed_gib(ctx, setup):.0f} GiB of host memory per node, "
-                f"more than the {host_gib:.0f} GiB its pods take ({share.memory_gib:g} GiB memoryPerGPU x "
-                f"{spec.hardware.gpus_per_node} GPUs)"
-            )
-            continue
-        tried.append((setup, estimate(ctx, setup, 1)))
-        micro = _largest_micro_batch(ctx, setup, cap)
-        if micro:
-            fitting.append((setup, micro, _step_seconds(spec, ctx, setup, _batching(spec, world, seq_len, micro))))
-    # Among the setups that fit, the fastest by the estimate below (ties: the earlier rung). Checkpointing or
-    # offload can win: a larger micro-batch means fewer per-micro-batch transfers (PCIe, ZeRO-2 collectives).
-    chosen = min(fitting, key=lambda f: f[2]) if fitting else None
-
+    found = search(spec, ctx, method, precision_fits=precision_fits)
+    run_notes = notes.run_notes(spec, pool, ctx, method, found)
     base = dict(
-        precision=precision, tf32=ctx.tf32, attention=ctx.attention, world_size=world, seq_len=seq_len,
+        precision=precision, tf32=ctx.tf32, attention=ctx.attention, world_size=ctx.world, seq_len=ctx.seq_len,
         memory_limit_gib=round(_limit(pool), 2), total_params=sum(c.arch.params(c.head) for c in composition.components),
         host_memory_gib=found.host_gib, init=spec.model.init or "pretrained",
     )
-    if chosen is None:
-        smallest = min(tried, key=lambda t: t[1].total) if tried else None
-        refusal = precision_refusal or _refusal(spec, pool, ctx, method, smallest, alternatives)
-        if skipped_offload is not None and precision_refusal is None:
-            refusal += (
-                f" (ZeRO-2 CPU offload was not tried: it needs ~{skipped_offload:.0f} GiB of host memory per node, "
-                f"{host_gib:.0f} GiB requested: raise spec.hardware.memoryPerGPU if the nodes have it)"
-            )
-        setup = smallest[0] if smallest else Setup(method)
+    if found.chosen is None:
+        smallest = found.smallest
+        if not precision_fits:
+            refusal = notes.precision_refusal(pool)
+        else:
+            ways = _ways_out(spec, pool, ctx, method, smallest, alternatives) if smallest else None
+            refusal = notes.refusal(spec, pool, ctx, method, smallest, ways, found)
+        setup = smallest.setup if smallest else Setup(method)
         p_train, _ = _trainable(ctx, setup)
         return Plan(
-            fits=False, method=setup.method, refusal=refusal, memory=smallest[1] if smallest else None,
-            distributed=_distributed(setup, world), zero_stage=setup.zero_stage, offload=setup.offload,
-            gradient_checkpointing=setup.checkpointing, global_batch=_requested(spec, world),
+            fits=False, method=setup.method, refusal=refusal, memory=smallest.at_one if smallest else None,
+            distributed=_distributed(setup, ctx.world), zero_stage=setup.zero_stage, offload=setup.offload,
+            gradient_checkpointing=setup.checkpointing, global_batch=_requested(spec, ctx.world),
             global_batch_unit="tokens" if spec.training.global_batch and spec.training.global_batch.tokens else "samples",
-            trainable_params=p_train, load_dtype=_load_dtype(setup, precision), notes=notes, **base,
+            trainable_params=p_train, load_dtype=_load_dtype(setup, precision), notes=run_notes, **base,
         )
 
-    setup, max_micro, _ = chosen
-    first_setup, first_micro, first_step = fitting[0]
-    if setup.method != method:
-        notes.append(f"switched {method} -> {setup.method} (allowQLoRA): LoRA on a half-precision base does not fit {pool.name}")
-    if setup is not first_setup:
-        notes.append(
-            f"{setup.describe()} (micro-batch {max_micro}) chosen over {first_setup.describe()}, which fits at "
-            f"micro-batch {first_micro}: ~{chosen[2]:.0f} s per step against ~{first_step:.0f} s by this estimate"
-        )
-    if setup.checkpointing and not any(f[0] == Setup(setup.method, setup.zero_stage, setup.offload) for f in fitting):
-        notes.append(f"gradient checkpointing on: without it not even micro-batch 1 fits {pool.memory_gib:g} GiB")
-    if setup.offload:
-        notes.append(
-            f"ZeRO-2 with CPU offload: ~{host_memory_needed_gib(ctx, setup):.0f} GiB host memory per node; "
-            "the optimizer steps on the CPU and weights and gradients cross PCIe every micro-batch"
-        )
-    if setup.zero_stage:
-        notes.append(
-            "ZeRO-2 as the trainer runs it (FSDP2, reshard_after_forward=False, AMP on fp32 shards): "
-            "the gathered fp32 weights stay on the GPU from forward to backward"
-        )
-    batching = _batching(spec, world, seq_len, max_micro)
-    if batching.note:
-        notes.append(batching.note)
-    if batching.effective > 1.05 * batching.requested:
-        notes.append(f"the global batch is more than 5% over the {batching.requested:,} {batching.unit} asked for")
-    memory = estimate(ctx, setup, batching.micro_batch)
-    p_train, t_train = _trainable(ctx, setup)
-
-    flops = _flops_per_token(ctx, setup)
-    mfu = timing.assumed_mfu(main.family, p_main, setup.method)
-    tflops = timing.effective_tflops(pool.peak_tflops, precision, ctx.tf32)
-    tokens_per_step = _tokens_per_step(batching, seq_len)
+    setup = found.chosen.setup
+    batching = _batching(spec, ctx.world, ctx.seq_len, found.chosen.micro_batch)
+    p_train, _ = _trainable(ctx, setup)
+    main = composition.main
     step = _step_seconds(spec, ctx, setup, batching)
     total_steps = spec.training.max_steps
     total = step * total_steps if total_steps else None
-    if total is None:
-        notes.append("training.epochs: the ETA needs the data set size, known only when the data is read")
-    cost = total / 3600 * world * pool.price_per_gpu_hour if total is not None and pool.price_per_gpu_hour is not None else None
-
+    cost = total / 3600 * ctx.world * pool.price_per_gpu_hour if total is not None and pool.price_per_gpu_hour is not None else None
     ckpt = _checkpoint_bytes(ctx, setup)
     save = timing.checkpoint_save_seconds(ckpt)
-    async_save = save > timing.TORCHRUN_SIGKILL_SECONDS
-    if async_save:
-        notes.append(
-            f"a blocking save (~{save:.0f} s for {ckpt / 1e9:.1f} GB) would not fit the 30 s torchrun allows workers "
-            "after SIGTERM: the checkpoint is staged to host memory and written asynchronously; the grace period covers the write"
-        )
-    notes.append(
-        f"assumed MFU {mfu:.0%} of {tflops:g} TFLOPS, {flops / 1e9:.2f} GFLOP per token "
-        f"({flops / max(1, p_main):.1f} x the {p_main / 1e6:,.0f} M parameters of {main.display}); "
-        f"checkpoints written at {timing.CHECKPOINT_WRITE_BYTES_PER_S / 1e6:.0f} MB/s"
-    )
-    return Plan(
-        fits=True, method=setup.method, distributed=_distributed(setup, world), zero_stage=setup.zero_stage,
+    plan = Plan(
+        fits=True, method=setup.method, distributed=_distributed(setup, ctx.world), zero_stage=setup.zero_stage,
         offload=setup.offload, gradient_checkpointing=setup.checkpointing,
         micro_batch=batching.micro_batch,
-        micro_batch_tokens=batching.micro_batch * seq_len if batching.unit == "tokens" else None,
+        micro_batch_tokens=batching.micro_batch * ctx.seq_len if batching.unit == "tokens" else None,
         grad_accum=batching.grad_accum, global_batch=batching.requested, global_batch_unit=batching.unit,
-        global_batch_exact=batching.exact, effective_global_batch=batching.effective, memory=memory,
+        global_batch_exact=batching.exact, effective_global_batch=batching.effective,
+        memory=estimate(ctx, setup, batching.micro_batch),
         step_seconds=step, total_seconds=total, cost_usd=cost, checkpoint_bytes=ckpt,
         checkpoint_save_seconds=round(save, 1), grace_period_seconds=timing.grace_period_seconds(save, step),
-        async_checkpoint=async_save, load_dtype=_load_dtype(setup, precision), trainable_params=p_train,
-        tokens_per_step=tokens_per_step, flops_per_token=flops, mfu=mfu,
-        notes=notes, **base,
+        async_checkpoint=save > timing.TORCHRUN_SIGKILL_SECONDS, load_dtype=_load_dtype(setup, precision),
+        trainable_params=p_train, tokens_per_step=_tokens_per_step(batching, ctx.seq_len),
+        flops_per_token=_flops_per_token(ctx, setup),
+        mfu=timing.assumed_mfu(main.arch.family, main.arch.params(main.head), setup.method),
+        notes=[], **base,
     )
+    why = notes.fitting_notes(spec, pool, ctx, method, found, batching, plan)
+    return plan.model_copy(update={"notes": run_notes + why})
+
+
+def _ways_out(spec, pool: Pool, ctx: Context, method: str, smallest: Judged, alternatives) -> WaysOut:
+    """Other methods, all of a node's GPUs, other pools: each planned, for the refusal to name what fits."""
+    methods = {other: _smallest_total(ctx, other) for other in ("lora", "qlora")} if method == "full" else {}
+    allow_qlora = _smallest_total(ctx, "qlora") if method == "lora" and not allows_qlora(spec) else None
+    wider = None
+    if method == "full" and ctx.world < pool.gpus_per_node:
+        every_gpu = spec.model_copy(update={"hardware": spec.hardware.model_copy(update={"gpus_per_node": pool.gpus_per_node})})
+        plan = make_plan(every_gpu, pool)
+        wider = (plan, pool.gpus_per_node) if plan.fits else None
+    pools = None
+    if alternatives:
+        pools = []
+        for name, other in sorted(alternatives.items()):
+            if name == pool.name or other.gpus_per_node < spec.hardware.gpus_per_node:
+                continue  # a pool whose nodes cannot host the run's gpusPerNode is no way out
+            plan = make_plan(spec, other)
+            if plan.fits:
+                pools.append((other.memory_gib, name, plan))
+        pools = sorted(pools, key=lambda f: (f[0], f[1]))[:3]
+    return WaysOut(methods, allow_qlora, wider, pools, smallest.at_one.total / USABLE_FRACTION)
 
 
 def _refused_without_estimate(spec, pool: Pool, why: str) -> Plan:
-    precision = spec.training.precision if spec.training.precision not in (None, "auto") else ("bf16" if pool.bf16 else "fp16")
-    return Plan(fits=False, method=spec.model.method or "full", precision=precision, refusal=why,
+    return Plan(fits=False, method=spec.model.method or "full", precision=_precision(spec, pool), refusal=why,
                 world_size=spec.hardware.nodes * spec.hardware.gpus_per_node, memory_limit_gib=round(_limit(pool), 2))
 
 
@@ -521,56 +494,6 @@ def _load_dtype(setup: Setup, precision: str) -> str:
     if precision == "fp32" or setup.method == "full":
         return "fp32"  # AMP trains fp32 weights (sharded or not)
     return precision
-
-
-def _model_words(spec, ctx: Context, method: str) -> str:
-    size = ctx.main.arch.display
-    return f"{spec.recipe} ({size}) {method}, seq {ctx.seq_len}"
-
-
-def _refusal(spec, pool: Pool, ctx: Context, method: str, smallest, alternatives) -> str:
-    if smallest is None:
-        return f"{_model_words(spec, ctx, method)}: no setup left to try on {pool.name}"
-    setup, est = smallest
-    head = (
-        f"{_model_words(spec, ctx, method)} needs ~{est.total:.1f} GiB per GPU even at micro-batch 1 "
-        f"({setup.describe()}); {pool.name} has {pool.memory_gib:g} GiB (planning to {_limit(pool):.1f})"
-    )
-    ways: list[str] = []
-    if method == "full":
-        for other in ("lora", "qlora"):
-            alt = _smallest_total(ctx, other)
-            words = "use method lora" if other == "lora" else "use method qlora (4-bit base)"
-            ways.append(f"{words} (~{alt:.1f} GiB)")
-    elif method == "lora" and not allows_qlora(spec):
-        ways.append(f"allow QLoRA with model.allowQLoRA: true (~{_smallest_total(ctx, 'qlora'):.1f} GiB)")
-    if method == "full" and ctx.world < pool.gpus_per_node:
-        wider = spec.model_copy(update={"hardware": spec.hardware.model_copy(update={"gpus_per_node": pool.gpus_per_node})})
-        plan = make_plan(wider, pool)
-        if plan.fits:
-            ways.append(f"train on {pool.gpus_per_node} GPUs per node ({_plan_words(plan)}, ~{plan.memory.total:.1f} GiB)")
-    if alternatives:
-        fitting = []
-        for name, other in sorted(alternatives.items()):
-            if name == pool.name or other.gpus_per_node < spec.hardware.gpus_per_node:
-                continue  # a pool whose nodes cannot host the run's gpusPerNode is no way out
-            plan = make_plan(spec, other)
-            if plan.fits:
-                fitting.append((other.memory_gib, name, plan))
-        if fitting:
-            fitting.sort(key=lambda f: (f[0], f[1]))
-            ways.append(
-                "use pool "
-                + " or ".join(f"{n} (~{p.memory.total:.1f} of {m:g} GiB, {_plan_words(p)})" for m, n, p in fitting[:3])
-            )
-    else:
-        ways.append(f"use a pool with more than {est.total / USABLE_FRACTION:.0f} GiB per GPU")
-    return head + (": " + ", ".join(ways) if ways else "")
-
-
-def _plan_words(plan: Plan) -> str:
-    setup = Setup(plan.method, plan.zero_stage, plan.offload, plan.gradient_checkpointing)
-    return f"{setup.describe()}, micro-batch {plan.micro_batch}"
 
 
 def _smallest_total(ctx: Context, method: str) -> float:
