@@ -5,7 +5,7 @@ helixrun.checkpoint_layout's, shared with `helixrun status`. A `step-N.tmp/` lef
 process is committed at the next start if it verifies and step-N is missing, else removed.
 
 Save protocol: rank 0 creates step-N.tmp; barrier; every rank writes its part to
-`<file>.part`, fsyncs, renames, and writes rank-R.done (its files' sizes and
+a staging file, fsyncs, renames, and writes rank-R.done (its files' sizes and
 checksums); barrier; rank 0 checks every rank's .done, writes manifest.json and
 COMPLETE (tmp + fsync + rename), renames step-N.tmp -> step-N and fsyncs the
 folder. The rename is the commit. Retention runs only after a commit, on
@@ -37,6 +37,7 @@ from helixrun.checkpoint_layout import (
 )
 from helixrun_trainer.distributed import DistEnv, barrier, flags_any
 from helixrun_trainer.faults import pause_point
+from helixrun_trainer.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +71,30 @@ def fsync_dir(path: Path) -> None:
 
 
 def durable_write(path: Path, write: Callable[[Any], None]) -> dict:
-    """Write via `<path>.part`, fsync, rename; return {"bytes", "sha256"} of what was written."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as f:
-        writer = _HashingWriter(f)
-        write(writer)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
-    return {"bytes": writer.bytes, "sha256": writer.sha.hexdigest()}
+    """Write durably and atomically (files.write_atomically); return {"bytes", "sha256"} of what was written."""
+    written = {}
+
+    def hashed(staging: Path) -> None:
+        with open(staging, "wb") as f:
+            writer = _HashingWriter(f)
+            write(writer)
+        written.update(bytes=writer.bytes, sha256=writer.sha.hexdigest())
+
+    write_atomically(path, hashed, durable=True)
+    return written
 
 
 def durable_torch_save(obj: Any, path: Path) -> dict:
     """torch.save through its C++ file writer (a Python write callback is slower), then hash the file back
-    from the page cache, fsync and rename."""
-    part = path.with_name(path.name + ".part")
-    torch.save(obj, part)
-    meta = {"bytes": part.stat().st_size, "sha256": sha256_file(part)}
-    with open(part, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(part, path)
-    return meta
+    from the page cache; durable and atomic like durable_write."""
+    written = {}
+
+    def saved(staging: Path) -> None:
+        torch.save(obj, staging)
+        written.update(bytes=staging.stat().st_size, sha256=sha256_file(staging))
+
+    write_atomically(path, saved, durable=True)
+    return written
 
 
 def durable_text(path: Path, text: str) -> dict:

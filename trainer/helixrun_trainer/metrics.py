@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from helixrun.metrics_contract import TRAINER_METRICS, Metric
+from helixrun_trainer.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ def truncate_after(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, lambda staging: staging.write_text("".join(line + "\n" for line in kept)))
 
 
 class ProgressLog:
