@@ -530,15 +530,6 @@ def test_crds_render_with_include_crds_and_are_never_templated(default_objects):
     assert not kinds(default_objects, "CustomResourceDefinition")
 
 
-def test_monitoring_values_match_the_observability_snippet():
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["monitoring"]
-    snippet = yaml.safe_load((CHART / "values-monitoring.yaml").read_text())["monitoring"]
-    assert values == snippet, "values.yaml monitoring: drifted from values-monitoring.yaml"
-    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["monitoring"]
-    fragment = json.loads((CHART / "values-monitoring.schema.json").read_text())["properties"]["monitoring"]
-    assert schema == fragment, "values.schema.json monitoring drifted from values-monitoring.schema.json"
-
-
 # -- NOTES ---------------------------------------------------------------------
 
 

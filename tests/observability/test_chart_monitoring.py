@@ -1,18 +1,10 @@
-"""templates/monitoring/ rendered by the pinned helm (tests/chart/helm.py).
-
-Until values.yaml and values.schema.json carry values-monitoring.yaml and its
-schema fragment, the tests render a scratch copy of the chart with both merged.
-"""
+"""templates/monitoring/ rendered by the pinned helm (tests/chart/helm.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-import yaml
 
 from helixrun.telemetry import alerts, dashboards
 
@@ -30,32 +22,12 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 @pytest.fixture(scope="module")
 def render():
     try:
-        from tests.chart.helm import helm_binary, parse_manifests, run_helm
+        from tests.chart import helm
 
-        helm_binary()
+        helm.helm_binary()
     except Exception as exc:  # noqa: BLE001 - as tests/chart: no helm is an error, never a skip
         pytest.fail(f"monitoring chart tests need helm: {exc}", pytrace=False)
-    tmp = Path(tempfile.mkdtemp(prefix="helixrun-chart-"))
-    chart = tmp / "helixrun"
-    shutil.copytree(CHART, chart)
-    values = yaml.safe_load((chart / "values.yaml").read_text())
-    values["monitoring"] = yaml.safe_load((chart / "values-monitoring.yaml").read_text())["monitoring"]
-    (chart / "values.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    schema_path = chart / "values.schema.json"
-    if schema_path.exists():
-        schema = json.loads(schema_path.read_text())
-        schema["properties"]["monitoring"] = json.loads((chart / "values-monitoring.schema.json").read_text())[
-            "properties"]["monitoring"]
-        schema_path.write_text(json.dumps(schema))
-
-    def _render(values: dict | None = None, namespace: str = "helixrun-system") -> list[dict]:
-        path = tmp / "extra.json"
-        path.write_text(json.dumps(values or {}))
-        out = run_helm("template", "hx", str(chart), "--namespace", namespace, "-f", str(path)).stdout
-        return parse_manifests(out)
-
-    yield _render
-    shutil.rmtree(tmp, ignore_errors=True)
+    return helm.template
 
 
 def _kind(objects: list[dict], kind: str) -> list[dict]:
