@@ -183,6 +183,24 @@ def test_schema_refuses_bad_values(values):
         helm.template(values)
 
 
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"monitoring": {"podMonitor": {"interval": "soon"}}}, "/monitoring/podMonitor/interval"),
+        ({"operator": {"resources": {"requests": {"cpu": "lots"}}}}, "/operator/resources/requests/cpu"),
+        ({"trainer": {"namespaces": ["x" * 64]}}, "/trainer/namespaces/0"),
+        ({"pools": [{"name": "p", "gpuProduct": "X", "memoryGiB": 8, "gpusPerNode": 1, "bf16": True, "tf32": True,
+                     "flashAttention2": True, "nvlink": False, "peakTFLOPS": 10, "cpuPerGPU": "0"}]},
+         "/pools/0/cpuPerGPU"),
+    ],
+)
+def test_schema_names_the_bad_value_behind_a_shared_definition(values, where):
+    """Values checked by a definition of the generated schema (durations, quantities, names) are refused by path."""
+    with pytest.raises(HelmError, match="values don't meet the specifications") as refused:
+        helm.template(values)
+    assert f"at '{where}'" in str(refused.value), str(refused.value)
+
+
 def test_a_fractional_divergence_factor_reaches_the_alert():
     objects = helm.template({"monitoring": {"prometheusRule": {"enabled": True, "rules": {"divergeFactor": 1.5}}}})
     (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
@@ -497,10 +515,9 @@ def test_rbac_create_false_renders_no_accounts_or_roles():
 # -- pools and CRDs -----------------------------------------------------------
 
 
-def test_pools_value_equals_the_operators_default_pools(default_objects):
+def test_rendered_pools_are_the_operators_default_pools(default_objects):
+    """values.yaml's pools are generated from pools.yaml (test_generated.py); the ConfigMap carries them intact."""
     package_pools = yaml.safe_load((REPO / "operator" / "helixrun" / "pools.yaml").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["pools"] == package_pools, "charts/helixrun/values.yaml pools drifted from operator/helixrun/pools.yaml"
     rendered = yaml.safe_load(one(default_objects, "ConfigMap")["data"]["pools.yaml"])
     assert rendered == package_pools
 
