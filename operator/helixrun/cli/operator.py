@@ -21,7 +21,8 @@ def run(args) -> int:
 
     import helixrun.controller.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=args.verbose)
+    # Each object's lines start with [namespace/name]: without it a busy operator's log names no run.
+    kopf.configure(verbose=args.verbose, log_prefix=True)
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,
