@@ -6,7 +6,7 @@ PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 RUN_DIR    ?= runs/genechat
 
-.PHONY: setup debian-packages demo test test-unit render images lint clean
+.PHONY: setup debian-packages demo test test-prerequisites test-unit render images lint clean
 
 setup: $(VENV)/.installed
 
@@ -34,15 +34,21 @@ demo: setup debian-packages
 render: setup
 	$(VENV)/bin/helixrun render -f examples/run-genechat.yaml
 
-test: setup cluster-bin debian-packages
+test: test-prerequisites
 	$(PY) -m pytest
+
+# What the tests need besides Python, made side by side: the control plane's Go build, Prometheus and WordNet,
+# and the images (built, then loaded into the real node's image store, which the test node starts with).
+test-prerequisites: setup
+	$(MAKE) -j3 --output-sync=line cluster-bin debian-packages images
 
 test-unit: setup
 	$(PY) -m pytest -m "not cluster and not images"
 
 # helixrun/operator:dev and helixrun/trainer:dev, built without a registry (root: starts dockerd), then
-# loaded into the test cluster's real node when one is up (tests/images/build.py).
-images: setup
+# loaded into the test cluster's real node when one is up, else into the image store the next one starts
+# with (tests/images/build.py).
+images: setup node-deps
 	$(PY) -m tests.images.build --cluster-state $(CLUSTER_STATE)
 
 clean: cluster-down

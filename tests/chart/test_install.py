@@ -11,6 +11,7 @@ import yaml
 
 from helixrun.render import RenderSettings, trainer_account
 from tests.chart.helm import install_chart, uninstall_chart
+from tests.cluster.controlplane import terminate
 
 pytestmark = pytest.mark.cluster
 
@@ -245,12 +246,7 @@ def test_operator_runs_with_only_the_charts_rbac(cluster, release, tmp_path):
                         "--wait=true", "--timeout=30s", check=False)
         cluster.kubectl("patch", "trainingrun", "genechat", "-n", NAMESPACE, "--type=merge",
                         "-p", '{"metadata":{"finalizers":null}}', check=False)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=20)
         cluster.kubectl("delete", "pytorchjob", "genechat", "-n", NAMESPACE, "--ignore-not-found", "--wait=false",
                         check=False)
         for pvc in claims:

@@ -174,6 +174,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a child, then SIGKILL it if it has not exited within `timeout` s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_until(
     what: str,
     check: Callable[[], object],
@@ -567,6 +577,20 @@ class Proc:
             with contextlib.suppress(Exception):
                 self.popen.poll()
 
+    def stop(self, timeout: float) -> None:
+        """SIGTERM to the whole group, up to ``timeout`` s, then SIGKILL."""
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.group_alive() and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.02)
+        if self.group_alive():
+            self.signal_group(signal.SIGKILL)
+            kill_deadline = time.monotonic() + 5
+            while self.group_alive() and time.monotonic() < kill_deadline:
+                self.reap()
+                time.sleep(0.02)
+
 
 class ControlPlane:
     """etcd + kube-apiserver + kcm + scheduler + kwok + training-operator on loopback."""
@@ -663,17 +687,10 @@ class ControlPlane:
         network namespaces) is removed.
         """
         for p in reversed(self.procs):
-            p.signal_group(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while p.group_alive() and time.monotonic() < deadline:
-                p.reap()
-                time.sleep(0.02)
-            if p.group_alive():
-                p.signal_group(signal.SIGKILL)
-                kill_deadline = time.monotonic() + 5
-                while p.group_alive() and time.monotonic() < kill_deadline:
-                    p.reap()
-                    time.sleep(0.02)
+            if p.name == "containerd" and self.node_state is not None:
+                # The kubelet is gone: remove the node's containers while containerd can still do it.
+                realnode.clear_containers(self.node_state)
+            p.stop(timeout)
         if self.node_state is not None:
             realnode.teardown(self.node_state)
             self.node_state = None
@@ -770,7 +787,8 @@ class ControlPlane:
 
     # -- startup ---------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               pass_fds: tuple[int, ...] = ()) -> Proc:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = self.logs_dir / f"{name}.log"
         with open(log, "ab") as out:
@@ -783,6 +801,7 @@ class ControlPlane:
                 env=env if env is not None else self._child_env(),
                 cwd=self.state_dir,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
+                pass_fds=pass_fds,
             )
         p = Proc(name, popen.pid, _proc_start_time(popen.pid), str(log), popen)
         self.procs.append(p)

@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.cluster import realnode
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"operator": REPO / "dockerfiles" / "operator.Dockerfile",
                "trainer": REPO / "dockerfiles" / "trainer.Dockerfile"}
@@ -294,18 +296,43 @@ def prune(client: str) -> None:
 
 
 def load_into_containerd(address: str, refs: list[str]) -> None:
-    """`docker save | ctr import` into the containerd at `address` (the namespace the kubelet's CRI uses)."""
+    """`docker save | ctr import` into the containerd at `address` (the namespace the kubelet's CRI uses).
+
+    An image the store already holds under its name with the same image ID (Docker's ID is the digest of
+    the image's config) is not imported again, and image IDs no name points to any more are dropped, so
+    the real node's shared store keeps one version of each image."""
     ctr = shutil.which("ctr")
     if not ctr:
         raise ImageBuildError("ctr not found: it comes with Debian's containerd package")
-    save = subprocess.Popen([docker(), "save", *refs], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _run([ctr, "--address", address, "-n", "k8s.io", "images", "import", "-"], stdin=save.stdout,
-             capture_output=True)
-    finally:
-        save.stdout.close()
-        if save.wait() != 0:
-            raise ImageBuildError(f"docker save {' '.join(refs)} failed: {save.stderr.read().decode()[-2000:]}")
+    ctr = [ctr, "--address", address, "-n", "k8s.io"]
+    client = docker()
+
+    def held_config(ref: str) -> str | None:
+        """The config digest of the image the store names `ref`, or None."""
+        first = ref.split("/")[0]  # Docker's rule: a registry host has a dot or a port, or is localhost
+        name = ref if "/" in ref and ("." in first or ":" in first or first == "localhost") else f"docker.io/{ref}"
+        rows = [row.split() for row in _run([*ctr, "images", "list", f"name=={name}"], capture_output=True,
+                                              text=True).stdout.splitlines()[1:]]
+        if not rows:
+            return None
+        manifest = subprocess.run([*ctr, "content", "get", rows[0][2]], capture_output=True, text=True)
+        return json.loads(manifest.stdout)["config"]["digest"] if manifest.returncode == 0 else None
+
+    missing = [ref for ref in refs if held_config(ref) != _run(
+        [client, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True).stdout.strip()]
+    if missing:
+        save = subprocess.Popen([client, "save", *missing], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _run([*ctr, "images", "import", "-"], stdin=save.stdout, capture_output=True)
+        finally:
+            save.stdout.close()
+            if save.wait() != 0:
+                raise ImageBuildError(f"docker save {' '.join(missing)} failed: {save.stderr.read().decode()[-2000:]}")
+    listing = _run([*ctr, "images", "list"], capture_output=True, text=True).stdout.splitlines()[1:]
+    named = {row.split()[2] for row in listing if not row.startswith("sha256:")}
+    stale = [row.split()[0] for row in listing if row.startswith("sha256:") and row.split()[2] not in named]
+    if stale:
+        _run([*ctr, "images", "remove", *stale], capture_output=True)
 
 
 def real_node_containerd(state_dir: Path) -> str | None:
@@ -350,11 +377,19 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         images = build_images(args.tag)
         print(f"built {', '.join(images.values())} in {time.monotonic() - started:.0f} s")
+        started = time.monotonic()
         address = real_node_containerd(args.cluster_state)
         if address:
-            started = time.monotonic()
             load_into_containerd(address, list(images.values()))
             print(f"loaded into the real node's containerd ({address}) in {time.monotonic() - started:.0f} s")
+            return 0
+        # No node yet: load the machine's shared image store, where the next real node finds the images.
+        with realnode.shared_image_store() as address:
+            if address is None:
+                print("images: another real node holds the shared image store; its tests load the images")
+                return 0
+            load_into_containerd(address, list(images.values()))
+        print(f"loaded into the shared real-node image store in {time.monotonic() - started:.0f} s")
     except ImageBuildError as e:
         print(f"images: {e}", file=sys.stderr)
         return 1

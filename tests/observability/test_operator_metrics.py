@@ -16,6 +16,8 @@ from helixrun.metrics_contract import OPERATOR_METRICS
 from helixrun.telemetry import operator_metrics as om
 from helixrun.telemetry.promql import exposition_names
 
+from tests.cluster.controlplane import terminate
+
 from .harness import free_port, poll
 
 
@@ -158,10 +160,5 @@ def test_served_by_a_kopf_startup_handler(cluster, tmp_path):
             on_timeout=lambda: (tmp_path / "kopf.log").read_text()[-3000:])
         assert b'helixrun_operator_gpus_requested{pool="h100"} 8.0' in body
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc)
         log.close()
