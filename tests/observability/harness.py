@@ -244,9 +244,11 @@ def load_dashboard(filename: str) -> dict:
     return json.loads((dashboards.CHART_DIR / dashboards.DASHBOARD_DIR / filename).read_text())
 
 
-def dashboard_problems(prom: Prometheus, filename: str, choices: dict[str, str]) -> tuple[list[str], int]:
+def dashboard_problems(prom: Prometheus, filename: str, choices: dict[str, str],
+                       not_scraped: tuple[str, ...] = ()) -> tuple[list[str], int]:
     """Every panel query of a chart dashboard, variables resolved: the ones that do not evaluate or (unless
-    they read CUDA-only or DCGM series, absent on CPU) return no data; and how many were checked."""
+    they read CUDA-only or DCGM series, absent on CPU, or series whose names start with a `not_scraped`
+    prefix) return no data; and how many were checked."""
     from helixrun.telemetry import dashboards
     from helixrun.telemetry.promql import metric_names
 
@@ -261,6 +263,7 @@ def dashboard_problems(prom: Prometheus, filename: str, choices: dict[str, str])
         checked += 1
         if answer.get("status") != "success":
             problems.append(f"{title}: {query}\n  does not evaluate: {answer.get('error')}")
-        elif not answer["data"]["result"] and not (metric_names(expr) & absent_on_cpu):
+        elif (not answer["data"]["result"] and not (metric_names(expr) & absent_on_cpu)
+              and not any(name.startswith(not_scraped) for name in metric_names(expr))):
             problems.append(f"{title}: {query}\n  returns no data")
     return problems, checked
