@@ -115,6 +115,8 @@ def spec_with_defaults(run: api.TrainingRun, source: str = "", overrides: Sequen
                         source)["spec"]
     if problem := recipes.unsupported_init(spec):
         raise api.InvalidRun([("spec.model.init", problem)], source)
+    if problems := recipes.option_problems(spec):
+        raise api.InvalidRun(problems, source)
     return spec
 
 

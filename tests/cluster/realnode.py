@@ -59,6 +59,9 @@ INIT_IMAGE = "helixrun.local/busybox:1.35.0"
 BUSYBOX = Path("/bin/busybox")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 RUN_ROOT = Path("/run/helixrun")  # short: unix socket paths are limited to 108 bytes
+# Images imported into a node outlive it: the next node on this machine starts with them (a trainer image
+# is ~7 GB; `docker save | ctr import` takes minutes). One node at a time uses the store; others get their own.
+SHARED_IMAGE_STORE = Path(os.environ.get("HELIXRUN_CACHE") or Path.home() / ".cache" / "helixrun") / "node" / "containerd"
 DEPS_SCRIPT = Path(__file__).resolve().parent / "node-deps.sh"
 
 
@@ -249,13 +252,14 @@ def init_container_template() -> str:
 # the node
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodeState:
     """Where a real node lives; kept in state.json so `down` can tear it down from another process."""
 
     index: int
     dir: str
     gpus: int = GPUS
+    image_store: str = ""  # containerd's root: the machine's shared store, or the node's own
 
     @classmethod
     def allocate(cls, state_dir: Path) -> "NodeState":
@@ -263,7 +267,7 @@ class NodeState:
 
     @classmethod
     def from_json(cls, data: dict) -> "NodeState":
-        return cls(data["index"], data["dir"], data["gpus"])
+        return cls(data["index"], data["dir"], data["gpus"], data.get("image_store", ""))
 
     @property
     def network(self) -> NodeNetwork:
@@ -286,6 +290,29 @@ class NodeState:
 def ctr(state: NodeState, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 900):
     return _run("ctr", "--address", state.containerd_address, "--namespace", "k8s.io", *args,
                 input=input, check=check, timeout=timeout)
+
+
+def clear_containers(state: NodeState) -> None:
+    """Kill and remove every container (sandboxes included) while containerd runs, so the image store a
+    later node reuses holds images only."""
+    for task in ctr(state, "tasks", "list", "--quiet", check=False, timeout=60).stdout.decode().split():
+        ctr(state, "tasks", "delete", "--force", task, check=False, timeout=60)
+    containers = ctr(state, "containers", "list", "--quiet", check=False, timeout=60).stdout.decode().split()
+    if containers:
+        ctr(state, "containers", "delete", *containers, check=False, timeout=120)
+
+
+def image_store_lock() -> int | None:
+    """An fd holding the machine's shared image store (flock), or None while another node uses it.
+    containerd inherits the fd, so the store stays locked exactly as long as that containerd runs."""
+    SHARED_IMAGE_STORE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(SHARED_IMAGE_STORE.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def import_archive(state: NodeState, archive: bytes) -> None:
@@ -346,9 +373,12 @@ class RealNode:
         }
         (cni_conf / "10-helixrun.conflist").write_text(json.dumps(conflist, indent=1))
         cri = 'plugins."io.containerd.grpc.v1.cri"'
+        fd = image_store_lock()
+        lock = () if fd is None else (fd,)
+        self.state.image_store = str(SHARED_IMAGE_STORE if lock else self.dir / "containerd")
         config = "\n".join([
             "version = 2",
-            f'root = "{self.dir / "containerd"}"',
+            f'root = "{self.state.image_store}"',
             f'state = "{self.run_dir / "state"}"',
             "[grpc]",
             f'  address = "{self.state.containerd_address}"',
@@ -370,7 +400,11 @@ class RealNode:
         ])
         path = self.dir / "containerd.toml"
         path.write_text(config)
-        self._spawn("containerd", ["containerd", "--config", str(path)])
+        try:
+            self.cp._spawn("containerd", self.net.in_netns("containerd", "--config", str(path)), pass_fds=lock)
+        finally:
+            for fd in lock:
+                os.close(fd)
         from .controlplane import wait_until
 
         wait_until("containerd", lambda: ctr(self.state, "version", check=False, timeout=10).returncode == 0,

@@ -294,18 +294,33 @@ def prune(client: str) -> None:
 
 
 def load_into_containerd(address: str, refs: list[str]) -> None:
-    """`docker save | ctr import` into the containerd at `address` (the namespace the kubelet's CRI uses)."""
+    """`docker save | ctr import` into the containerd at `address` (the namespace the kubelet's CRI uses).
+
+    An image the store already holds (the same image ID: the CRI names each image by its config digest)
+    is not imported again, and image IDs no name points to any more are dropped, so the real node's
+    shared store keeps one version of each image."""
     ctr = shutil.which("ctr")
     if not ctr:
         raise ImageBuildError("ctr not found: it comes with Debian's containerd package")
-    save = subprocess.Popen([docker(), "save", *refs], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _run([ctr, "--address", address, "-n", "k8s.io", "images", "import", "-"], stdin=save.stdout,
-             capture_output=True)
-    finally:
-        save.stdout.close()
-        if save.wait() != 0:
-            raise ImageBuildError(f"docker save {' '.join(refs)} failed: {save.stderr.read().decode()[-2000:]}")
+    ctr = [ctr, "--address", address, "-n", "k8s.io"]
+    client = docker()
+    held = set(_run([*ctr, "images", "list", "--quiet"], capture_output=True, text=True).stdout.split())
+    ids = {ref: _run([client, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
+                     text=True).stdout.strip() for ref in refs}
+    missing = [ref for ref in refs if ids[ref] not in held]
+    if missing:
+        save = subprocess.Popen([client, "save", *missing], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _run([*ctr, "images", "import", "-"], stdin=save.stdout, capture_output=True)
+        finally:
+            save.stdout.close()
+            if save.wait() != 0:
+                raise ImageBuildError(f"docker save {' '.join(missing)} failed: {save.stderr.read().decode()[-2000:]}")
+    listing = _run([*ctr, "images", "list"], capture_output=True, text=True).stdout.splitlines()[1:]
+    named = {row.split()[2] for row in listing if not row.startswith("sha256:")}
+    stale = [row.split()[0] for row in listing if row.startswith("sha256:") and row.split()[2] not in named]
+    if stale:
+        _run([*ctr, "images", "remove", *stale], capture_output=True)
 
 
 def real_node_containerd(state_dir: Path) -> str | None:

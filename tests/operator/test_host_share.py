@@ -50,8 +50,9 @@ def test_a_pool_that_does_not_say_gets_the_old_share():
     assert container(pools_with(), gpus=1)["resources"]["requests"] == {"cpu": "4", "memory": "24Gi"}
 
 
-@pytest.mark.parametrize("name", sorted(default_pools()))
-def test_every_default_pool_states_a_share_a_gpu_can_train_with(name):
+# `local` is the CPU stand-in of single-machine clusters (pools.yaml), sized to a laptop, not to a GPU's loader.
+@pytest.mark.parametrize("name", sorted(set(default_pools()) - {"local"}))
+def test_every_default_gpu_pool_states_a_share_a_gpu_can_train_with(name):
     pool = default_pools()[name]
     share = HostShare.of(pool, api.RunSpec.model_validate({"hardware": {"pool": name}}).hardware)
     assert share.cpu >= 1 and share.memory_gib >= 16, "a GPU with less host memory than this starves its loader"

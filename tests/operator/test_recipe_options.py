@@ -3,18 +3,24 @@ an unknown option or a bad value is refused with its field named, before a pod s
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helixrun import api, recipes, resolve
 
-BASE = {
-    "ptm-mamba": {"recipe": "ptm-mamba", "data": {"path": "mamba.csv", "format": "csv"},
-                  "hardware": {"pool": "a800"}, "training": {"maxSteps": 10, "globalBatch": {"tokens": 100000}}},
-    "structdiff": {"recipe": "structdiff", "data": {"path": "peptides.csv", "format": "csv"},
-                   "hardware": {"pool": "rtx4090"}, "training": {"maxSteps": 10, "globalBatch": {"samples": 32}}},
-}
+# Each recipe's example run, its own options dropped: the options under test are the only ones given.
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("run-*.yaml"))
+BASE = {}
+for path in EXAMPLES:
+    spec = yaml.safe_load(path.read_text())["spec"]
+    for section in ("model", "data"):
+        spec.get(section, {}).pop("options", None)
+    BASE.setdefault(spec["recipe"], spec)
 # One valid value per schema shape, and values no option of that shape takes (integers within CEL's int64).
 INT64 = st.integers(min_value=-2**63, max_value=2**63 - 1)
 GOOD = {"integer": 3, "number": 0.01, "string": "col", "boolean": True}
@@ -29,7 +35,7 @@ OPTIONS = [(recipe, section, key, schema) for recipe, sections in recipes.OPTION
 
 
 def spec_with(recipe: str, section: str, key: str, value) -> dict:
-    spec = {**BASE[recipe]}
+    spec = copy.deepcopy(BASE[recipe])
     spec[section] = {**spec.get(section, {}), "options": {key: value}}
     return spec
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from helixrun import api
+from helixrun.children import KUEUE_QUEUE_LABEL
 from helixrun.pools import default_pools
 from helixrun.render import (
-    KUEUE_QUEUE_LABEL,
     MODEL_CACHE_CLAIM,
     PlanRefused,
     RenderSettings,
@@ -74,7 +74,9 @@ def test_examples_render_job_pvc_configmap_and_service(path):
 @pytest.mark.parametrize("pool", sorted(default_pools()))
 def test_every_pool_places_pods_on_its_gpus(pool):
     gpus = default_pools()[pool].gpus_per_node
-    job = by_kind(render_run(make_run(pool=pool, gpus=gpus), SETTINGS))["PyTorchJob"]
+    # the smallest ESM-2, which fits every pool (a 3 GiB CPU share of `local` included): placement is under test
+    small = {"name": "facebook/esm2_t6_8M_UR50D", "init": "scratch", "method": "full"}
+    job = by_kind(render_run(make_run(pool=pool, gpus=gpus, model=small), SETTINGS))["PyTorchJob"]
     assert job["spec"]["nprocPerNode"] == str(gpus)
     (spec,) = pod_specs(job)
     assert spec["nodeSelector"] == default_pools()[pool].node_selector

@@ -16,7 +16,7 @@ import yaml
 
 from tests.chart.helm import install_chart
 from tests.cluster.controlplane import ClusterError, ControlPlane, bin_dir_for_build, running_control_plane, wait_until
-from tests.images.build import build_images, load_into_containerd
+from tests.images.build import build_images, chart_values, load_into_containerd
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE, RELEASE_NAMESPACE = "helixrun", "helixrun-system"
@@ -53,21 +53,13 @@ def images(real_cluster) -> dict[str, str]:
     return refs
 
 
-def chart_values(images: dict[str, str]) -> dict:
-    operator_repo, operator_tag = images["operator"].rsplit(":", 1)
-    trainer_repo, trainer_tag = images["trainer"].rsplit(":", 1)
-    return {
-        # The node has no registry to pull from: the images were loaded into its containerd.
-        "operator": {"image": {"repository": operator_repo, "tag": operator_tag, "pullPolicy": "Never"},
-                     "nodeSelector": {"helixrun.io/pool": "local"}},
-        "trainer": {"image": {"repository": trainer_repo, "tag": trainer_tag}},
-    }
-
-
 @pytest.fixture(scope="session")
 def release(real_cluster, images):
     """The chart installed with the built images: the operator runs in a pod on the real node."""
-    install_chart(real_cluster.kubeconfig, RELEASE, RELEASE_NAMESPACE, chart_values(images), wait=True, timeout="5m")
+    values = chart_values(images)
+    # Only the real node runs containers: a kwok node would "run" the operator without running it.
+    values["operator"]["nodeSelector"] = {"helixrun.io/pool": "local"}
+    install_chart(real_cluster.kubeconfig, RELEASE, RELEASE_NAMESPACE, values, wait=True, timeout="5m")
     return RELEASE
 
 

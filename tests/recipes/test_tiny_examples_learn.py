@@ -4,7 +4,10 @@ at least halfway from chance to perfect on the recipe's own eval metric.
 - PTM-Mamba: masked-token accuracy; chance is the best constant guess, the most frequent target among the
   eval split's masked positions (at the evaluation's own draws).
 - StructDiff: the ε-MSE; chance is the untrained denoiser's 1.0 (its output starts at zero, so it predicts
-  ε̂ = 0 and scores E[ε²] = 1; test_structdiff_parity pins that), perfect is 0."""
+  ε̂ = 0 and scores E[ε²] = 1; test_structdiff_parity pins that), perfect is 0.
+- ESM-2: masked-residue perplexity; chance is a uniform guess over the 20 amino acids (20), perfect 1. The tiny
+  proteins are low-complexity (five residues): their composition is what 40 steps can learn (docs/FIDELITY.md).
+- METAGENE-1: read classification accuracy over three balanced classes; chance 1/3."""
 
 from __future__ import annotations
 
@@ -58,3 +61,15 @@ def test_structdiff_tiny_example_learns_to_denoise(tmp_path):
     evals = tiny_example_run("structdiff", tmp_path)
     assert evals[-1]["eval_mse"] <= 0.5, f"ε-MSE {[round(r['eval_mse'], 3) for r in evals]} (untrained: 1.0)"
     assert {"eval_validity", "eval_diversity", "eval_novelty"} <= set(evals[-1]), "generated peptides not scored"
+
+
+@pytest.mark.slow
+def test_esm2_tiny_example_learns_masked_residues(tmp_path):
+    evals = tiny_example_run("esm2", tmp_path)
+    assert evals[-1]["eval_perplexity"] <= (20 + 1) / 2, f"perplexity {[round(r['eval_perplexity'], 2) for r in evals]}"
+
+
+@pytest.mark.slow
+def test_metagene_tiny_example_classifies_reads(tmp_path):
+    evals = tiny_example_run("metagene-4090", tmp_path)
+    assert evals[-1]["eval_accuracy"] >= (1 / 3 + 1) / 2, f"accuracy {[round(r['eval_accuracy'], 3) for r in evals]}"

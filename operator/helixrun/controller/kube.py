@@ -16,6 +16,15 @@ def _dynamic() -> dynamic.DynamicClient:
     return dynamic.DynamicClient(client.ApiClient())
 
 
+def serves(backend) -> bool:
+    """Whether the cluster serves the backend's job kind (its CRD is installed), by API discovery."""
+    try:
+        _dynamic().resources.get(api_version=f"{backend.group}/{backend.version}", kind=backend.kind)
+    except dynamic.exceptions.ResourceNotFoundError:
+        return False
+    return True
+
+
 def create_if_absent(obj: dict) -> bool:
     """Create obj; False when it already exists (HTTP 409), so retries never duplicate."""
     resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -90,13 +99,6 @@ def delete_job(backend, namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
-
-
-def pods_of_job(namespace: str, job_name: str) -> list[dict]:
-    """The job's pods as plain dicts, the shape kopf hands the handlers."""
-    selector = f"training.kubeflow.org/job-name={job_name}"
-    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items
-    return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
 
 
 def delete_pod(namespace: str, name: str, uid: str) -> None:
