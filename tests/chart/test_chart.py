@@ -319,6 +319,7 @@ def test_operator_env_carries_the_installation_settings(default_objects, all_obj
     env = {e["name"]: e.get("value") for e in operator_container(default_objects)["env"]}
     assert env == {
         "HELIXRUN_POOLS_FILE": "/etc/helixrun/pools/pools.yaml",
+        "HELIXRUN_BACKEND": "auto",
         "HELIXRUN_TRAINER_IMAGE": "ghcr.io/helixrun/trainer:0.1.0",
         "HELIXRUN_TRAINER_SERVICE_ACCOUNT": "helixrun-trainer",
         "HELIXRUN_MODEL_CACHE_SIZE": "200Gi",
@@ -330,6 +331,7 @@ def test_operator_env_carries_the_installation_settings(default_objects, all_obj
     assert env["HELIXRUN_MODEL_CACHE_SIZE"] == "500Gi"
     assert env["HELIXRUN_OPERATOR_METRICS_PORT"] == "9091"
     assert env["HELIXRUN_OPERATOR_WORKERS"] == "16"
+    assert env["HELIXRUN_BACKEND"] == "trainjob"
 
 
 def test_operator_exposes_metrics_and_health(default_objects):
