@@ -233,6 +233,16 @@ def test_cli_render_applies_set_overrides_as_helixrun_train_does():
     assert bad.returncode == 2 and "--set" in bad.stderr and "path=value" in bad.stderr and bad.stdout == ""
 
 
+def test_cli_render_renders_the_backend_asked_for():
+    path = EXAMPLES[0]
+    result = helixrun("render", "-f", str(path), "--backend", "trainjob")
+    assert result.returncode == 0, result.stderr
+    (run,) = api.load_runs(path.read_text(), str(path))
+    expected = render_run(resolve(run, default_pools()), RenderSettings(backend="trainjob"))
+    assert list(yaml.safe_load_all(result.stdout)) == expected
+    assert [o["kind"] for o in expected][-2:] == ["TrainingRuntime", "TrainJob"]
+
+
 def test_cli_version_names_the_package_version():
     result = helixrun("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"helixrun {importlib.metadata.version('helixrun')}"
