@@ -402,13 +402,11 @@ def node_manifests(pools: Iterable[NodePool] = NODE_POOLS) -> list[dict]:
     return nodes
 
 
-def exit_code_stage() -> dict:
-    """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
-    terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
-    key = EXIT_CODE_ANNOTATION
-    template = (
+def _terminated_status(code: str) -> str:
+    """kwok status template: every container terminated with exit code `code` (a template expression)."""
+    return (
         "{{ $now := Now }}\n"
-        f'{{{{ $code := index .metadata.annotations "{key}" }}}}\n'
+        f"{{{{ $code := {code} }}}}\n"
         '{{ $ok := eq $code "0" }}\n'
         "conditions:\n"
         "- lastTransitionTime: {{ $now | Quote }}\n"
@@ -438,6 +436,12 @@ def exit_code_stage() -> dict:
         "{{ end }}\n"
         "phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}\n"
     )
+
+
+def exit_code_stage() -> dict:
+    """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
+    terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
+    key = EXIT_CODE_ANNOTATION
     return {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "Stage",
@@ -453,7 +457,31 @@ def exit_code_stage() -> dict:
             },
             # Must beat any other Running-pod stage.
             "weight": 10000,
-            "next": {"statusTemplate": template},
+            "next": {"statusTemplate": _terminated_status(f'index .metadata.annotations "{key}"')},
+        },
+    }
+
+
+def sigterm_on_delete_stage() -> dict:
+    """kwok Stage: a deleted Running pod that carries finalizers ends as a kubelet ends it, its trainer
+    exiting 143 on SIGTERM (phase Failed). The Job controller removes its tracking finalizer from a pod
+    only once the pod is terminal when the Job has a pod failure policy (JobSet's Jobs here); kwok's
+    pod-delete alone would leave such a pod, and its namespace, terminating for ever."""
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "helixrun-sigterm-on-delete"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                    {"key": ".metadata.finalizers", "operator": "Exists"},
+                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                ]
+            },
+            "weight": 10000,  # before pod-delete, which matches every deleted pod
+            "next": {"statusTemplate": _terminated_status('"143"')},
         },
     }
 
@@ -1164,7 +1192,7 @@ class ControlPlane:
         share = self.share_dir / "kwok"
         cfg = self.state_dir / "kwok" / "stages.yaml"
         docs = [(share / f).read_text() for f in sorted(os.listdir(share)) if f.endswith(".yaml")]
-        docs.append(json.dumps(exit_code_stage(), indent=1))
+        docs += [json.dumps(stage(), indent=1) for stage in (exit_code_stage, sigterm_on_delete_stage)]
         cfg.write_text("\n---\n".join(d.strip() for d in docs) + "\n")
         self.apply(node_manifests())
         self._spawn(
