@@ -414,7 +414,7 @@ OPERATOR_NAMESPACED = {
 JOB_KINDS = {
     "pytorchjob": {("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"}},
     "trainjob": {("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch", "delete"},
-                 ("trainer.kubeflow.org", "trainingruntimes"): {"create"}},
+                 ("trainer.kubeflow.org", "trainingruntimes"): {"get", "create", "patch"}},
 }
 JOB_KINDS["auto"] = JOB_KINDS["pytorchjob"] | JOB_KINDS["trainjob"]
 OPERATOR_CLUSTER = {

@@ -438,28 +438,32 @@ def _terminated_status(code: str) -> str:
     )
 
 
+def _terminating_stage(name: str, expressions: list[dict], code: str) -> dict:
+    """kwok Stage for Running pods matching `expressions`: every container terminates with `code`.
+    Its weight beats kwok's own stages (pod-delete matches every deleted pod)."""
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {"matchExpressions": [
+                *expressions, {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+            ]},
+            "weight": 10000,
+            "next": {"statusTemplate": _terminated_status(code)},
+        },
+    }
+
+
 def exit_code_stage() -> dict:
     """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
     terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
     key = EXIT_CODE_ANNOTATION
-    return {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": "helixrun-test-exit-code"},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                    {"key": f'.metadata.annotations["{key}"]', "operator": "Exists"},
-                ]
-            },
-            # Must beat any other Running-pod stage.
-            "weight": 10000,
-            "next": {"statusTemplate": _terminated_status(f'index .metadata.annotations "{key}"')},
-        },
-    }
+    return _terminating_stage("helixrun-test-exit-code", [
+        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+        {"key": f'.metadata.annotations["{key}"]', "operator": "Exists"},
+    ], f'index .metadata.annotations "{key}"')
 
 
 def sigterm_on_delete_stage() -> dict:
@@ -467,23 +471,10 @@ def sigterm_on_delete_stage() -> dict:
     exiting 143 on SIGTERM (phase Failed). The Job controller removes its tracking finalizer from a pod
     only once the pod is terminal when the Job has a pod failure policy (JobSet's Jobs here); kwok's
     pod-delete alone would leave such a pod, and its namespace, terminating for ever."""
-    return {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": "helixrun-sigterm-on-delete"},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
-                    {"key": ".metadata.finalizers", "operator": "Exists"},
-                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                ]
-            },
-            "weight": 10000,  # before pod-delete, which matches every deleted pod
-            "next": {"statusTemplate": _terminated_status('"143"')},
-        },
-    }
+    return _terminating_stage("helixrun-sigterm-on-delete", [
+        {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+        {"key": ".metadata.finalizers", "operator": "Exists"},
+    ], '"143"')
 
 
 def validating_webhook_configuration(webhook_port: int, ca_pem: bytes) -> dict:

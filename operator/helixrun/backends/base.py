@@ -41,6 +41,9 @@ class Backend(Protocol):
 
     def suspend_patch(self, suspend: bool) -> dict: ...
 
+    def held_for_job(self, job: dict) -> list[tuple[dict, str]]:
+        """Objects of its own that a finalizer of ours keeps while the job exists: (object, finalizer), released when it goes."""
+
     def backoff_patch(self, limit: int) -> dict | None:
         """The job's own retry limit, or None where only the operator enforces spec.backoffLimit."""
 

@@ -91,6 +91,9 @@ class PyTorchJobBackend:
     def suspend_patch(self, suspend: bool) -> dict:
         return {"spec": {"runPolicy": {"suspend": suspend}}}
 
+    def held_for_job(self, job: dict) -> list[tuple[dict, str]]:
+        return []
+
     def backoff_patch(self, limit: int) -> dict:
         return {"spec": {"runPolicy": {"backoffLimit": limit}}}
 

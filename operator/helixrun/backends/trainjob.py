@@ -9,10 +9,16 @@ pod failure policy; any other end (a retryable exit, a deleted or evicted pod) f
 (backoffLimit 0), and JobSet recreates every Job of the gang. spec.backoffLimit is the operator's
 to enforce (it may change on a live run, a JobSet's failure policy may not), so those restarts
 ignore JobSet's own maxRestarts.
+
+The runtime carries a finalizer of ours until its TrainJob is gone: Trainer's webhook refuses every
+update of a TrainJob whose runtime no longer exists, including the garbage collector's removal of
+`foregroundDeletion`, so a run deleted in the foreground (Argo CD, `--cascade=foreground`) would
+otherwise leave its TrainJob terminating for ever.
 """
 
 from __future__ import annotations
 
+from helixrun import api
 from helixrun.backends.base import JobState
 from helixrun.children import job_name, metadata, queue_labels
 from helixrun.resolve import ResolvedRun
@@ -27,6 +33,7 @@ ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 JOBSET_UID_LABEL = "jobset.sigs.k8s.io/jobset-uid"
 RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 PERMANENT_EXIT_CODES = list(range(1, 128))
+RUNTIME_FINALIZER = f"{api.GROUP}/trainjob-runtime"
 
 
 class TrainJobBackend:
@@ -55,7 +62,7 @@ class TrainJobBackend:
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "TrainingRuntime",
-            "metadata": metadata(run, job_name(run.name)),
+            "metadata": metadata(run, job_name(run.name)) | {"finalizers": [RUNTIME_FINALIZER]},
             "spec": {
                 "mlPolicy": {"numNodes": run.spec["hardware"]["nodes"], "torch": {}},
                 "template": {"spec": {
@@ -103,6 +110,12 @@ class TrainJobBackend:
 
     def suspend_patch(self, suspend: bool) -> dict:
         return {"spec": {"suspend": suspend}}
+
+    def held_for_job(self, job: dict) -> list[tuple[dict, str]]:
+        meta = job["metadata"]
+        runtime = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRuntime",
+                   "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+        return [(runtime, RUNTIME_FINALIZER)]
 
     def backoff_patch(self, limit: int) -> None:
         return None  # the operator counts restarts against spec.backoffLimit itself

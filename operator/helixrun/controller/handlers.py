@@ -220,8 +220,10 @@ def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, pat
 
 @operator_metrics.instrumented("job_changed")
 def job_changed(type, body, namespace, backend: Backend, **_) -> None:
-    """Mirror the job's conditions into the run's phase."""
+    """Mirror the job's conditions into the run's phase; once the job is gone, release what waited for it."""
     if type == "DELETED":
+        for obj, finalizer in backend.held_for_job(body):
+            kube.remove_finalizer(obj, finalizer)
         return
     state = backend.job_state(body)
     run = _update_status(

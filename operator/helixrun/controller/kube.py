@@ -37,6 +37,29 @@ def create_if_absent(obj: dict) -> bool:
     return True
 
 
+def remove_finalizer(obj: dict, finalizer: str) -> None:
+    """Remove one finalizer from the object, under its resourceVersion (others' finalizers stay); gone is done."""
+    resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    meta = obj["metadata"]
+    for _ in range(5):
+        try:
+            current = resource.get(name=meta["name"], namespace=meta["namespace"]).to_dict()
+            finalizers = current["metadata"].get("finalizers") or []
+            if finalizer not in finalizers:
+                return
+            patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"],
+                                  "finalizers": [f for f in finalizers if f != finalizer]}}
+            resource.patch(body=patch, name=meta["name"], namespace=meta["namespace"],
+                           content_type="application/merge-patch+json")
+            return
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"{obj['kind']} {meta['namespace']}/{meta['name']} kept changing; finalizer {finalizer} left")
+
+
 def get_run(namespace: str, name: str) -> dict | None:
     try:
         return client.CustomObjectsApi().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
