@@ -229,8 +229,8 @@ class TrainingRun:
         )
 
 
-def load_runs(text: str, source: str = "") -> list[TrainingRun]:
-    """Parse a YAML stream of TrainingRuns; errors name the file and the document."""
+def documents(text: str, source: str = "") -> list[tuple[dict, str]]:
+    """The documents of a YAML stream of TrainingRuns, each with where it is; errors name the file and line."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -239,7 +239,9 @@ def load_runs(text: str, source: str = "") -> list[TrainingRun]:
         raise InvalidRun([("", f"not valid YAML: {getattr(exc, 'problem', exc)}")], where) from exc
     if not docs:
         raise InvalidRun([("", "no TrainingRun in the file")], source)
-    return [
-        TrainingRun.from_object(doc, f"{source} (document {i + 1})" if len(docs) > 1 else source)
-        for i, doc in enumerate(docs)
-    ]
+    return [(doc, f"{source} (document {i + 1})" if len(docs) > 1 else source) for i, doc in enumerate(docs)]
+
+
+def load_runs(text: str, source: str = "") -> list[TrainingRun]:
+    """Parse a YAML stream of TrainingRuns; errors name the file and the document."""
+    return [TrainingRun.from_object(doc, where) for doc, where in documents(text, source)]

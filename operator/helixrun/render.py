@@ -8,98 +8,27 @@ previews is exactly what the operator applies.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
 
 from helixrun import api
-from helixrun.backends import Backend, backend_for
-from helixrun.resolve import CONFIG_DIR, CONFIG_FILE, ResolvedRun
+from helixrun.backends import Backend, choose
+from helixrun.children import (
+    MANAGED_BY,
+    MODEL_CACHE_CLAIM,
+    RUN_LABEL,
+    checkpoint_claim_name,
+    config_map_name,
+    metadata,
+    metrics_service_name,
+)
+from helixrun.resolve import CONFIG_FILE, ResolvedRun
+from helixrun.trainer_pod import RenderSettings
 
-RUN_LABEL = "helixrun.io/run"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "helixrun", "app.kubernetes.io/part-of": "helixrun"}
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-MODEL_CACHE_CLAIM = "helixrun-model-cache"
 CHECKPOINT_SLACK = 1.25
 MIN_CHECKPOINT_GIB = 10
 
 
 class PlanRefused(ValueError):
     """The planner found no configuration that fits the run's pool."""
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """What the cluster installation decides (Helm values, passed to the operator as env)."""
-
-    trainer_image: str = "ghcr.io/helixrun/trainer:0.1.0"
-    trainer_service_account: str = "helixrun-trainer"
-    # Off where a platform team manages RBAC (the chart's rbac.create=false): the account must then exist.
-    create_trainer_account: bool = True
-    model_cache_size: str = "200Gi"
-    model_cache_storage_class: str | None = None
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> "RenderSettings":
-        defaults = cls()
-        create_account = env.get("HELIXRUN_CREATE_TRAINER_ACCOUNT", "true")
-        if create_account not in ("true", "false"):
-            raise ValueError(f"HELIXRUN_CREATE_TRAINER_ACCOUNT must be true or false, got {create_account!r}")
-        return cls(
-            trainer_image=env.get("HELIXRUN_TRAINER_IMAGE", defaults.trainer_image),
-            trainer_service_account=env.get("HELIXRUN_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account),
-            create_trainer_account=create_account == "true",
-            model_cache_size=env.get("HELIXRUN_MODEL_CACHE_SIZE", defaults.model_cache_size),
-            model_cache_storage_class=env.get("HELIXRUN_MODEL_CACHE_STORAGE_CLASS") or None,
-        )
-
-
-# -- names: fixed, derived from the run, never generateName -----------------
-
-
-def job_name(run_name: str) -> str:
-    return run_name
-
-
-def config_map_name(run_name: str) -> str:
-    return f"{run_name}-config"
-
-
-def checkpoint_claim_name(run_name: str) -> str:
-    return f"{run_name}-checkpoints"
-
-
-def metrics_service_name(run_name: str) -> str:
-    return f"{run_name}-metrics"
-
-
-# -- pieces -----------------------------------------------------------------
-
-
-def labels(run: ResolvedRun) -> dict[str, str]:
-    return {RUN_LABEL: run.name, **MANAGED_BY}
-
-
-def owner_reference(run: ResolvedRun) -> list[dict]:
-    if not run.uid:  # rendered offline: the API server assigns the uid at creation
-        return []
-    return [
-        {
-            "apiVersion": api.API_VERSION,
-            "kind": api.KIND,
-            "name": run.name,
-            "uid": run.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
-
-
-def metadata(run: ResolvedRun, name: str, owned: bool = True, extra_labels: dict | None = None) -> dict:
-    meta = {"name": name, "namespace": run.namespace, "labels": {**labels(run), **(extra_labels or {})}}
-    owners = owner_reference(run) if owned else []
-    if owners:
-        meta["ownerReferences"] = owners
-    return meta
 
 
 def config_map(run: ResolvedRun) -> dict:
@@ -202,7 +131,7 @@ def render_run(run: ResolvedRun, settings: RenderSettings, backend: Backend | No
     """Every object the operator creates for a run, in creation order."""
     if not run.plan.fits:
         raise PlanRefused(run.plan.refusal or f"run {run.name} does not fit pool {run.pool.name}")
-    backend = backend or backend_for(run)
+    backend = backend or choose(settings.backend)
     account = trainer_account(run.namespace, settings) if settings.create_trainer_account else []
     # A smoke run downloads nothing, so it neither needs nor creates the namespace's model cache.
     cache = [] if run.smoke_test else [model_cache_claim(run.namespace, settings)]
@@ -210,5 +139,5 @@ def render_run(run: ResolvedRun, settings: RenderSettings, backend: Backend | No
         config_map(run),
         checkpoint_claim(run),
         metrics_service(run),
-        backend.render_job(run, settings),
+        *backend.render(run, settings),
     ]

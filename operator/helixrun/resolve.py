@@ -105,10 +105,7 @@ def spec_with_defaults(run: api.TrainingRun, source: str = "", overrides: Sequen
     applied to the run) are applied again over it, so they win as they do everywhere else."""
     spec = run.raw_spec
     if spec.get("smokeTest"):
-        obj = {"spec": smoke.smoke_spec(spec)}
-        for assignment in overrides:
-            obj = apply_set(obj, assignment)
-        spec = obj["spec"]
+        spec = apply_sets({"spec": smoke.smoke_spec(spec)}, overrides)["spec"]
     spec = recipes.with_defaults(spec)
     source = f"{source} (with {spec['recipe']} defaults)"
     spec = api.validate({"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": run.name}, "spec": spec},
@@ -153,6 +150,13 @@ def _scalar(text: str) -> Any:
     if text.startswith("{") and text.endswith("}"):
         return [_scalar(item.strip()) for item in text[1:-1].split(",") if item.strip()]
     return text
+
+
+def apply_sets(obj: dict, assignments: Sequence[str]) -> dict:
+    """Every `path=value` override in order: a later one wins over an earlier one."""
+    for assignment in assignments:
+        obj = apply_set(obj, assignment)
+    return obj
 
 
 def apply_set(obj: dict, assignment: str) -> dict:

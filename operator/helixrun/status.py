@@ -12,9 +12,19 @@ from helixrun.durations import format_duration
 PLAN_FITS = "PlanFits"
 JOB_CREATED = "JobCreated"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
-READY = "Running"
 SCHEDULED = "Scheduled"
 TRAINER_EXITED = "TrainerExited"
+# The conventional conditions that tools read (kstatus, `kubectl wait`, Argo CD, Kueue's dashboards).
+# Ready: the run is where its spec asks it to be (training with its whole gang, finished, or suspended),
+# as Flux's and Knative's Ready mean; False with the reason while it waits, restarts, suspends or failed.
+READY = "Ready"
+# Terminal, as batch/v1 Job and TrainJob have them: present once true.
+COMPLETE, FAILED = "Complete", "Failed"
+# kstatus reads an abnormal-true Stalled as Failed; a failed run never gets there by itself.
+STALLED = "Stalled"
+SUSPENDED = "Suspended"
+READY_PHASES = frozenset({"Running", "Succeeded", "Suspended"})
+FINISHED = frozenset({"Succeeded", "Failed"})
 # Spec fields a running run may change; everything else is fixed at creation.
 MUTABLE_FIELDS = frozenset({"suspend", "backoffLimit"})
 # TrainerExited reasons. Only a retryable exit or a deleted pod leaves the run to be restarted.
@@ -29,9 +39,14 @@ def now_iso(now: datetime | None = None) -> str:
 
 
 def set_condition(
-    conditions: list[dict] | None, type_: str, status: bool, reason: str, message: str, now: str
+    conditions: list[dict] | None, type_: str, status: bool, reason: str, message: str, now: str,
+    generation: int | None = None,
 ) -> list[dict]:
-    """Return conditions with one upserted; lastTransitionTime moves only when the status flips."""
+    """Return conditions with one upserted; lastTransitionTime moves only when the status flips.
+
+    `generation` is the run's metadata.generation the condition was judged against (metav1.Condition's
+    observedGeneration); None keeps what the condition had.
+    """
     value = "True" if status else "False"
     out, found = [], False
     for condition in conditions or []:
@@ -45,10 +60,43 @@ def set_condition(
                 "message": message,
                 "lastTransitionTime": now if changed else condition.get("lastTransitionTime", now),
             }
+            if generation is not None:
+                condition["observedGeneration"] = generation
         out.append(condition)
     if not found:
-        out.append({"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now})
+        condition = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now}
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        out.append(condition)
     return out
+
+
+def _condition(conditions: list[dict] | None, type_: str) -> dict:
+    return next((c for c in conditions or [] if c.get("type") == type_), {})
+
+
+def _toggle(conditions: list[dict], type_: str, on: bool, reason: str, message: str, now: str,
+            generation: int | None, off_reason: str) -> list[dict]:
+    """Set a condition while it holds; once it stops holding, False (never created just to say False)."""
+    if on:
+        return set_condition(conditions, type_, True, reason, message, now, generation)
+    if _condition(conditions, type_).get("status") == "True":
+        return set_condition(conditions, type_, False, off_reason, "", now, generation)
+    return conditions
+
+
+def settle(phase: str, conditions: list[dict], now: str, generation: int | None) -> list[dict]:
+    """The phase's terminal and suspended conditions, and Ready for a failed run, explained as the message is."""
+    reason, message = explanation(phase, conditions)
+    conditions = _toggle(conditions, COMPLETE, phase == "Succeeded", "Succeeded", message or "training finished",
+                         now, generation, "Replanned")
+    for type_ in (FAILED, STALLED):
+        conditions = _toggle(conditions, type_, phase == "Failed", reason, message, now, generation, "Replanned")
+    conditions = _toggle(conditions, SUSPENDED, phase == "Suspended", "Suspended", "the run's job is suspended",
+                         now, generation, "Resumed")
+    if phase == "Failed":
+        conditions = set_condition(conditions, READY, False, reason, message, now, generation)
+    return conditions
 
 
 def plan_summary(plan: Plan) -> dict:
@@ -90,33 +138,42 @@ def refused_changes(old: dict, new: dict) -> list[str]:
     return sorted(path for path in changed_fields(old, new) if path.split(".")[0] not in MUTABLE_FIELDS)
 
 
-def explain(phase: str, conditions: list[dict] | None) -> str:
-    """The status message: the most specific explanation of the phase the conditions hold."""
-    by_type = {c["type"]: c for c in conditions or []}
-    exited, scheduled = by_type.get(TRAINER_EXITED), by_type.get(SCHEDULED)
-    if exited and exited["status"] == "True" and (
+def explanation(phase: str, conditions: list[dict] | None) -> tuple[str, str]:
+    """The reason and message that explain the phase most specifically, from the conditions held."""
+    exited, scheduled = _condition(conditions, TRAINER_EXITED), _condition(conditions, SCHEDULED)
+    if exited.get("status") == "True" and (
         phase == "Restarting" or (phase == "Failed" and exited["reason"] not in RESTARTED)
     ):  # a restart long since recovered from does not explain a later failure
-        return exited["message"]
-    if phase == "Pending" and scheduled and scheduled["status"] == "False":
-        return scheduled["message"]
-    return by_type.get(READY, {}).get("message", "")
+        return exited["reason"], exited["message"]
+    if phase == "Pending" and scheduled.get("status") == "False":
+        return scheduled["reason"], scheduled["message"]
+    for type_ in (READY, PLAN_FITS):
+        condition = _condition(conditions, type_)
+        if condition.get("status") == "False" or (type_ == READY and condition):
+            return condition["reason"], condition.get("message", "")
+    return phase, ""
+
+
+def explain(phase: str, conditions: list[dict] | None) -> str:
+    """The status message: the most specific explanation of the phase the conditions hold."""
+    return explanation(phase, conditions)[1]
 
 
 def count_exit(status: dict, ended, backoff_limit: int | None, now: str, accounted: Sequence[str] = ()) -> dict | None:
     """The status update for a trainer pod's end (its exit or its deletion), or None when it was counted.
 
-    Counting is keyed by pod UID inside a precondition-guarded write, so it is exactly once however
-    often the event arrives; `accounted` are the UIDs of the peers whose ends the same gang restart
-    stands for (gang_restart), recorded in the same write so their own events count nothing.
+    Counting is keyed by the end's key (a pod UID, or the gang incarnation a JobSet restart ends)
+    inside a precondition-guarded write, so it is exactly once however often the event arrives;
+    `accounted` are the keys of the peers whose ends the same gang restart stands for
+    (gang_restart), recorded in the same write so their own events count nothing.
     Restarts beyond `backoff_limit` fail the run: the training-operator's own limit counts container
     restarts, and ExitCode replicas are recreated, never restarted.
     """
     counted = list(status.get("countedExits") or [])
-    if ended.uid in counted:
+    if ended.key in counted:
         return None
     counted += [uid for uid in accounted if uid not in counted]
-    update: dict = {"countedExits": (counted + [ended.uid])[-COUNTED_EXITS_KEPT:]}
+    update: dict = {"countedExits": (counted + [ended.key])[-COUNTED_EXITS_KEPT:]}
     reason, message, phase = PERMANENT_EXIT, ended.describe(), status.get("phase", "Pending")
     if ended.retryable:
         update["restarts"] = restarts = int(status.get("restarts") or 0) + 1
@@ -125,23 +182,39 @@ def count_exit(status: dict, ended, backoff_limit: int | None, now: str, account
             reason, phase = BACKOFF_EXCEEDED, "Failed"
             message += f"; restart {restarts} exceeds spec.backoffLimit {backoff_limit}"
             update["phase"] = phase
-    conditions = set_condition(status.get("conditions"), TRAINER_EXITED, True, reason, message, now)
+    generation = status.get("observedGeneration")
+    conditions = set_condition(status.get("conditions"), TRAINER_EXITED, True, reason, message, now, generation)
+    if phase == "Failed":
+        conditions = settle(phase, conditions, now, generation)
     return update | {"conditions": conditions, "message": explain(phase, conditions)}
 
 
 def mirror_job(status: dict, phase: str, reason: str, message: str, now: str) -> dict | None:
-    """The run's phase and Running condition from its job's state; None when nothing changes.
+    """The run's phase and conditions from its job's state; None when nothing changes.
 
     A run failed for exceeding its backoff limit stays failed: its job is being deleted, and the
     events of that deletion are no news about the run.
     """
     conditions = status.get("conditions") or []
-    exited = next((c for c in conditions if c["type"] == TRAINER_EXITED), {})
-    if exited.get("reason") == BACKOFF_EXCEEDED:
+    if _condition(conditions, TRAINER_EXITED).get("reason") == BACKOFF_EXCEEDED:
         return None
-    ready = next((c for c in conditions if c["type"] == READY), {})
+    ready = _condition(conditions, READY)
     if status.get("phase") == phase and (ready.get("reason"), ready.get("message")) == (reason, message):
         return None
-    running = phase in ("Running", "Succeeded")
-    conditions = set_condition(conditions, READY, running, reason, message, now)
+    generation = status.get("observedGeneration")
+    conditions = set_condition(conditions, READY, phase in READY_PHASES, reason, message, now, generation)
+    conditions = settle(phase, conditions, now, generation)
     return {"phase": phase, "conditions": conditions, "message": explain(phase, conditions)}
+
+
+def failed(status: dict, reason: str, message: str, now: str, generation: int | None) -> dict:
+    """A run that will not run: refused before any job (invalid, or no plan fits)."""
+    conditions = set_condition(status.get("conditions"), PLAN_FITS, False, reason, message, now, generation)
+    conditions = settle("Failed", conditions, now, generation)
+    return {"phase": "Failed", "message": message, "conditions": conditions, "observedGeneration": generation}
+
+
+def pending(conditions: list[dict] | None, now: str, generation: int | None) -> list[dict]:
+    """A run whose job was just created (or re-created after a refusal): nothing runs yet."""
+    conditions = set_condition(conditions, READY, False, "JobCreated", "waiting for the job's pods", now, generation)
+    return settle("Pending", conditions, now, generation)

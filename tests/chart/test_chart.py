@@ -337,6 +337,7 @@ def test_operator_env_carries_the_installation_settings(default_objects, all_obj
     env = {e["name"]: e.get("value") for e in operator_container(default_objects)["env"]}
     assert env == {
         "HELIXRUN_POOLS_FILE": "/etc/helixrun/pools/pools.yaml",
+        "HELIXRUN_BACKEND": "auto",
         "HELIXRUN_TRAINER_IMAGE": "ghcr.io/helixrun/trainer:0.1.0",
         "HELIXRUN_TRAINER_SERVICE_ACCOUNT": "helixrun-trainer",
         "HELIXRUN_MODEL_CACHE_SIZE": "200Gi",
@@ -348,6 +349,7 @@ def test_operator_env_carries_the_installation_settings(default_objects, all_obj
     assert env["HELIXRUN_MODEL_CACHE_SIZE"] == "500Gi"
     assert env["HELIXRUN_OPERATOR_METRICS_PORT"] == "9091"
     assert env["HELIXRUN_OPERATOR_WORKERS"] == "16"
+    assert env["HELIXRUN_BACKEND"] == "trainjob"
 
 
 def test_operator_exposes_metrics_and_health(default_objects):
@@ -417,7 +419,6 @@ OPERATOR_NAMESPACED = {
     ("helixrun.io", "trainingruns"): {"get", "list", "watch", "patch"},
     ("helixrun.io", "trainingruns/status"): {"get", "patch"},
     ("helixrun.io", "trainingruns/finalizers"): {"update"},
-    ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},
     ("", "persistentvolumeclaims"): {"create"},
@@ -428,6 +429,12 @@ OPERATOR_NAMESPACED = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
+JOB_KINDS = {
+    "pytorchjob": {("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"}},
+    "trainjob": {("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+                 ("trainer.kubeflow.org", "trainingruntimes"): {"get", "create", "patch"}},
+}
+JOB_KINDS["auto"] = JOB_KINDS["pytorchjob"] | JOB_KINDS["trainjob"]
 OPERATOR_CLUSTER = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
@@ -451,7 +458,8 @@ def test_rbac_never_grants_wildcards(name, default_objects, all_objects):
 
 
 def test_cluster_wide_operator_rbac_is_exactly_the_minimum(default_objects):
-    assert grants(kinds(default_objects, "ClusterRole")) == {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED}
+    assert grants(kinds(default_objects, "ClusterRole")) == {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED,
+                                                              **JOB_KINDS["auto"]}
     binding = one(default_objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hx-helixrun-operator", "namespace": "helixrun-system"}]
     assert binding["roleRef"]["name"] == one(default_objects, "ClusterRole")["metadata"]["name"]
@@ -463,7 +471,7 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_ne
     operator_roles = [r for r in kinds(objects, "Role") if r["metadata"]["name"] == "hx-helixrun-operator"]
     assert sorted(r["metadata"]["namespace"] for r in operator_roles) == ["prod", "research"]
     for role in operator_roles:
-        assert grants([role]) == OPERATOR_NAMESPACED
+        assert grants([role]) == {**OPERATOR_NAMESPACED, **JOB_KINDS["auto"]}
     bindings = [b for b in kinds(objects, "RoleBinding") if b["metadata"]["name"] == "hx-helixrun-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["prod", "research"]
     for b in bindings:
@@ -578,3 +586,16 @@ def test_kind_image_values_point_the_operator_at_the_loaded_image():
     assert container["image"] == "ghcr.io/helixrun/operator:dev" and container["imagePullPolicy"] == "Never"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HELIXRUN_TRAINER_IMAGE"] == "ghcr.io/helixrun/trainer:dev"
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob", "auto"])
+def test_the_backend_value_reaches_the_operator_with_rbac_for_its_job_kind(backend):
+    objects = helm.template({"backend": backend})
+    assert grants(kinds(objects, "ClusterRole")) == {**OPERATOR_CLUSTER, **OPERATOR_NAMESPACED, **JOB_KINDS[backend]}
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "HELIXRUN_BACKEND", "value": backend} in container["env"]
+
+
+def test_an_unknown_backend_is_refused_by_the_schema():
+    with pytest.raises(helm.HelmError, match="backend"):
+        helm.template({"backend": "mpijob"})

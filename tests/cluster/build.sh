@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the integration-test control-plane binaries from the Go modules pinned
 # in tests/cluster/tools/go.mod (and tools/helm/go.mod for helm, tools/node/go.mod
-# for the real node's CoreDNS and volume provisioner), once per machine.
+# for the real node's CoreDNS and volume provisioner, tools/kubeflow/go.mod for
+# Kubeflow Trainer v2, JobSet and the kstatus helper), once per machine.
 #
 #   tests/cluster/build.sh            # build if needed; last stdout line = bin dir
 #   tests/cluster/build.sh --print    # print the bin dir only, build nothing
@@ -31,13 +32,14 @@ recipe="v3 trimpath ldflags=-s-w+versions cgo0 helm=${HELIXRUN_BUILD_HELM:-1}"
 
 # Binaries expected in the bin dir (name in bin dir).
 bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok kwokctl
-      training-operator coredns hostpath-provisioner)
+      training-operator coredns hostpath-provisioner trainer-controller-manager jobset kstatus)
 if [[ "${HELIXRUN_BUILD_HELM:-1}" != 0 ]]; then bins+=(helm); fi
 
 key="$(
   {
     cat "$tools/go.mod" "$tools/go.sum" "$tools/helm/go.mod" "$tools/helm/go.sum" \
-        "$tools/node/go.mod" "$tools/node/go.sum" "$tools"/node/*/main.go
+        "$tools/node/go.mod" "$tools/node/go.sum" "$tools"/node/*/main.go \
+        "$tools/kubeflow/go.mod" "$tools/kubeflow/go.sum" "$tools"/kubeflow/*/main.go
     echo "$recipe"
     go env GOVERSION GOOS GOARCH
   } | sha256sum | cut -c1-16
@@ -47,22 +49,35 @@ bindir="$cache/bin/$key"
 
 complete() {
   [[ -f "$bindir/.complete" && -f "$bindir/share/.complete" ]] || return 1
+  # Assets added since a bin dir was built are copied in without rebuilding (copy_assets below).
+  [[ -f "$bindir/share/trainer/runtimes/torch_distributed.yaml" ]] || return 1
   local b
   for b in "${bins[@]}"; do [[ -x "$bindir/$b" ]] || return 1; done
 }
 
 # Data files the harness needs, taken from the same pinned modules (module
 # cache) so they always match the binaries: kwok's stock stages, the
-# training-operator's CRDs/webhook/kustomize manifests and Kubernetes' pause.c
-# (the real node compiles its sandbox image from it).
-moddir() { (cd "$tools" && go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
+# training-operator's CRDs/webhook/kustomize manifests, Trainer v2's and
+# JobSet's CRDs and webhook manifests, and Kubernetes' pause.c (the real node
+# compiles its sandbox image from it).
+moddir() { # $1 = module, $2 = module dir (default: tools)
+  (cd "${2:-$tools}" && go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+}
 copy_assets() { # $1 = destination bin dir
-  local share="$1/share" kwok op k8s
-  rm -rf "$share.tmp" && mkdir -p "$share.tmp/kwok" "$share.tmp/training-operator" "$share.tmp/pause"
+  local share="$1/share" kwok op k8s trainer jobset
+  rm -rf "$share.tmp" && mkdir -p "$share.tmp/kwok" "$share.tmp/training-operator" "$share.tmp/pause" \
+    "$share.tmp/trainer" "$share.tmp/jobset"
   kwok="$(moddir sigs.k8s.io/kwok)"
   op="$(moddir github.com/kubeflow/training-operator)"
   k8s="$(moddir k8s.io/kubernetes)"
-  [[ -d "$kwok" && -d "$op" && -d "$k8s" ]] || { echo "build.sh: module sources not found" >&2; return 1; }
+  trainer="$(moddir github.com/kubeflow/trainer/v2 "$tools/kubeflow")"
+  jobset="$(moddir sigs.k8s.io/jobset "$tools/kubeflow")"
+  [[ -d "$kwok" && -d "$op" && -d "$k8s" && -d "$trainer" && -d "$jobset" ]] ||
+    { echo "build.sh: module sources not found" >&2; return 1; }
+  cp -r "$trainer/manifests/base/crds" "$trainer/manifests/base/webhook" "$share.tmp/trainer/"
+  mkdir -p "$share.tmp/trainer/runtimes" && cp "$trainer/manifests/base/runtimes/torch_distributed.yaml" "$share.tmp/trainer/runtimes/"
+  cp -r "$jobset/config/components/crd/bases" "$share.tmp/jobset/crds"
+  cp -r "$jobset/config/components/webhook" "$share.tmp/jobset/webhook"
   cp "$k8s/build/pause/linux/pause.c" "$share.tmp/pause/"
   cp "$kwok/kustomize/stage/node/fast/node-initialize.yaml" \
      "$kwok/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
@@ -134,6 +149,11 @@ fi
 (
   cd "$tools/node"
   go build -p "$p" -trimpath -ldflags="-s -w" -o "$tmp/" ./coredns ./hostpath-provisioner
+)
+(
+  cd "$tools/kubeflow"
+  # `tool` = Trainer v2's controller manager and JobSet's controller.
+  go build -p "$p" -trimpath -ldflags="-s -w" -o "$tmp/" tool ./kstatus
 )
 # go names a binary after the last path element that is not a major version:
 # go.etcd.io/etcd/server/v3 -> "server".

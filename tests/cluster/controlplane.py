@@ -8,6 +8,9 @@ Runs, as local processes on 127.0.0.1 with free ports chosen at start:
 * kube-scheduler
 * kwok                      (fakes the kubelets of six GPU nodes; see NODE_POOLS)
 * training-operator v1.9.4  (PyTorchJob only, real validating webhook)
+* JobSet and Kubeflow Trainer v2 (TrainJob, their real webhooks, the stock
+  ``torch-distributed`` runtime); ``training_operator=False`` or
+  ``trainer=False`` leaves either Kubeflow out, as clusters that run only one do
 * with ``real_node=True``: a real node (containerd + kubelet + kube-proxy +
   CoreDNS + a hostPath provisioner) in a network namespace of its own, pool
   ``local``; see realnode.py. The apiserver then listens on the host end of
@@ -71,6 +74,7 @@ WEBHOOK_CONFIG_NAME = "validator.training-operator.kubeflow.org"
 WEBHOOK_SECRET_NAME = "training-operator-webhook-cert"
 WEBHOOK_SERVICE_NAME = "training-operator"
 PYTORCHJOB_WEBHOOK_PATH = "/validate-kubeflow-org-v1-pytorchjob"
+TRAINER_NAMESPACE = "kubeflow-system"
 # Hard-coded in training-operator v1.9.4 pkg/cert/cert.go (certDir) and the
 # controller-runtime webhook default (os.TempDir()/k8s-webhook-server/...).
 WEBHOOK_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
@@ -153,6 +157,8 @@ REQUIRED_BINARIES = (
     "kubectl",
     "kwok",
     "training-operator",
+    "jobset",
+    "trainer-controller-manager",
 )
 
 
@@ -406,13 +412,11 @@ def node_manifests(pools: Iterable[NodePool] = NODE_POOLS) -> list[dict]:
     return nodes
 
 
-def exit_code_stage() -> dict:
-    """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
-    terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
-    key = EXIT_CODE_ANNOTATION
-    template = (
+def _terminated_status(code: str) -> str:
+    """kwok status template: every container terminated with exit code `code` (a template expression)."""
+    return (
         "{{ $now := Now }}\n"
-        f'{{{{ $code := index .metadata.annotations "{key}" }}}}\n'
+        f"{{{{ $code := {code} }}}}\n"
         '{{ $ok := eq $code "0" }}\n'
         "conditions:\n"
         "- lastTransitionTime: {{ $now | Quote }}\n"
@@ -442,24 +446,45 @@ def exit_code_stage() -> dict:
         "{{ end }}\n"
         "phase: {{ if $ok }}Succeeded{{ else }}Failed{{ end }}\n"
     )
+
+
+def _terminating_stage(name: str, expressions: list[dict], code: str) -> dict:
+    """kwok Stage for Running pods matching `expressions`: every container terminates with `code`.
+    Its weight beats kwok's own stages (pod-delete matches every deleted pod)."""
     return {
         "apiVersion": "kwok.x-k8s.io/v1alpha1",
         "kind": "Stage",
-        "metadata": {"name": "helixrun-test-exit-code"},
+        "metadata": {"name": name},
         "spec": {
             "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
-            "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-                    {"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                    {"key": f'.metadata.annotations["{key}"]', "operator": "Exists"},
-                ]
-            },
-            # Must beat any other Running-pod stage.
+            "selector": {"matchExpressions": [
+                *expressions, {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+            ]},
             "weight": 10000,
-            "next": {"statusTemplate": template},
+            "next": {"statusTemplate": _terminated_status(code)},
         },
     }
+
+
+def exit_code_stage() -> dict:
+    """kwok Stage: annotation helixrun.io/test-exit-code=<n> on a Running pod
+    terminates every container with exit code n (phase Failed, or Succeeded for 0)."""
+    key = EXIT_CODE_ANNOTATION
+    return _terminating_stage("helixrun-test-exit-code", [
+        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+        {"key": f'.metadata.annotations["{key}"]', "operator": "Exists"},
+    ], f'index .metadata.annotations "{key}"')
+
+
+def sigterm_on_delete_stage() -> dict:
+    """kwok Stage: a deleted Running pod that carries finalizers ends as a kubelet ends it, its trainer
+    exiting 143 on SIGTERM (phase Failed). The Job controller removes its tracking finalizer from a pod
+    only once the pod is terminal when the Job has a pod failure policy (JobSet's Jobs here); kwok's
+    pod-delete alone would leave such a pod, and its namespace, terminating for ever."""
+    return _terminating_stage("helixrun-sigterm-on-delete", [
+        {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+        {"key": ".metadata.finalizers", "operator": "Exists"},
+    ], '"143"')
 
 
 def validating_webhook_configuration(webhook_port: int, ca_pem: bytes) -> dict:
@@ -489,6 +514,71 @@ def validating_webhook_configuration(webhook_port: int, ca_pem: bytes) -> dict:
             }
         ],
     }
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One admission webhook of a controller run on loopback: the path it serves and what it admits."""
+
+    name: str
+    path: str
+    group: str
+    version: str
+    resource: str
+    operations: tuple[str, ...] = ("CREATE", "UPDATE")
+    # Pod webhooks admit only their controller's pods, as the upstream kustomize patches select them.
+    only_labelled: str | None = None
+
+
+def webhook_configurations(name: str, port: int, ca_pem: bytes, mutating: Sequence[Webhook],
+                           validating: Sequence[Webhook], manifest: str) -> list[dict]:
+    """Mutating and validating configurations pointing the apiserver at 127.0.0.1:port.
+
+    Built here rather than kustomized (the harness needs only the standard library); every path
+    must be one the upstream manifest (``manifest``) serves, so a renamed endpoint fails loudly.
+    """
+    def entry(hook: Webhook) -> dict:
+        if hook.path not in manifest:
+            raise ClusterError(f"{hook.path} not in the {name} webhook manifests")
+        out = {
+            "name": hook.name,
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": f"https://127.0.0.1:{port}{hook.path}", "caBundle": base64.b64encode(ca_pem).decode()},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "timeoutSeconds": 10,
+            "rules": [{"apiGroups": [hook.group], "apiVersions": [hook.version], "operations": list(hook.operations),
+                       "resources": [hook.resource]}],
+        }
+        if hook.only_labelled:
+            out["objectSelector"] = {"matchExpressions": [{"key": hook.only_labelled, "operator": "Exists"}]}
+        return out
+
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": f"{name}-{suffix}"},
+         "webhooks": [entry(h) for h in hooks]}
+        for kind, suffix, hooks in (("MutatingWebhookConfiguration", "mutating", mutating),
+                                    ("ValidatingWebhookConfiguration", "validating", validating))
+        if hooks
+    ]
+
+
+JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_WEBHOOKS = (
+    [Webhook("mjobset.kb.io", "/mutate-jobset-x-k8s-io-v1alpha2-jobset", "jobset.x-k8s.io", "v1alpha2", "jobsets",
+             ("CREATE",)),
+     Webhook("mpod.kb.io", "/mutate--v1-pod", "", "v1", "pods", ("CREATE",), JOBSET_LABEL)],
+    [Webhook("vjobset.kb.io", "/validate-jobset-x-k8s-io-v1alpha2-jobset", "jobset.x-k8s.io", "v1alpha2", "jobsets"),
+     Webhook("vpod.kb.io", "/validate--v1-pod", "", "v1", "pods", ("CREATE",), JOBSET_LABEL)],
+)
+TRAINER_GROUP = "trainer.kubeflow.org"
+TRAINER_WEBHOOKS = (
+    [Webhook("defaulter.trainjob.trainer.kubeflow.org", "/mutate-trainer-kubeflow-org-v1alpha1-trainjob",
+             TRAINER_GROUP, "v1alpha1", "trainjobs")],
+    [Webhook(f"validator.{kind}.trainer.kubeflow.org", f"/validate-trainer-kubeflow-org-v1alpha1-{kind}",
+             TRAINER_GROUP, "v1alpha1", f"{kind}s")
+     for kind in ("clustertrainingruntime", "trainingruntime", "trainjob")],
+)
 
 
 def pytorchjob(
@@ -609,6 +699,8 @@ class ControlPlane:
         verbosity: int = 1,
         die_with_parent: bool = False,
         real_node: bool = False,
+        training_operator: bool = True,
+        trainer: bool = True,
     ):
         self._own_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="helixrun-cluster-")).resolve()
@@ -624,6 +716,8 @@ class ControlPlane:
         # pytest run killed by a CI timeout. Off for the CLI, whose `up` exits.
         self.die_with_parent = die_with_parent
         self.real_node = real_node
+        # Which Kubeflow runs the jobs: the training-operator v1 (PyTorchJob), Trainer v2 (TrainJob on JobSet), or both.
+        self.training_operator, self.trainer = training_operator, trainer
         self.node_state: realnode.NodeState | None = None
         self.procs: list[Proc] = []
         self.ports: dict[str, int] = {}
@@ -760,6 +854,8 @@ class ControlPlane:
             "procs": [p.to_json() for p in self.procs],
             "timings": self.timings,
             "real_node": self.node_state.describe() if self.node_state else None,
+            "training_operator": self.training_operator,
+            "trainer": self.trainer,
         }
 
     # -- persisted state (for the CLI: `up` in one process, `down` in another)
@@ -778,6 +874,7 @@ class ControlPlane:
         cp.server = data["server"]
         cp.ports = data["ports"]
         cp.timings = data.get("timings", {})
+        cp.training_operator, cp.trainer = data.get("training_operator", True), data.get("trainer", True)
         cp.procs = [Proc(d["name"], d["pid"], d["start_time"], d["log"]) for d in data["procs"]]
         if data.get("real_node"):
             cp.real_node = True
@@ -844,7 +941,8 @@ class ControlPlane:
             raise ClusterError(f"{self.share_dir} is incomplete; rerun tests/cluster/build.sh")
 
         t0 = time.monotonic()
-        names = ["etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "op_metrics", "op_health", "op_webhook"]
+        names = ["etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "op_metrics", "op_health", "op_webhook",
+                 "jobset_health", "jobset_webhook", "trainer_health", "trainer_webhook"]
         self.ports = dict(zip(names, free_ports(len(names))))
         if self.real_node:
             realnode.check_prerequisites()
@@ -862,8 +960,12 @@ class ControlPlane:
         self._phase("controllers", t0)
         self._start_kwok()
         self._phase("kwok_nodes_ready", t0)
-        self._start_training_operator()
-        self._phase("training_operator", t0)
+        if self.training_operator:
+            self._start_training_operator()
+            self._phase("training_operator", t0)
+        if self.trainer:
+            self._start_jobset_and_trainer()
+            self._phase("trainer_v2", t0)
         if self.node_state is not None:
             realnode.RealNode(self, self.node_state).start()
             self._phase("real_node", t0)
@@ -1091,7 +1193,7 @@ class ControlPlane:
         share = self.share_dir / "kwok"
         cfg = self.state_dir / "kwok" / "stages.yaml"
         docs = [(share / f).read_text() for f in sorted(os.listdir(share)) if f.endswith(".yaml")]
-        docs.append(json.dumps(exit_code_stage(), indent=1))
+        docs += [json.dumps(stage(), indent=1) for stage in (exit_code_stage, sigterm_on_delete_stage)]
         cfg.write_text("\n---\n".join(d.strip() for d in docs) + "\n")
         self.apply(node_manifests())
         self._spawn(
@@ -1199,6 +1301,91 @@ class ControlPlane:
                 os.kill(op.pid, signal.SIGQUIT)
                 time.sleep(1)
             raise
+
+    def _start_jobset_and_trainer(self) -> None:
+        """JobSet, then Kubeflow Trainer v2 on it, each with its webhooks on loopback.
+
+        Serving certs are ours (the machine-wide webhook PKI, where controller-runtime looks), so
+        both run with their own certificate management off and their metrics off.
+        """
+        share, p = self.share_dir, self.ports
+        # CRD files are named <group>_<plural>.yaml; the kustomization beside them is not one.
+        crds = sorted((share / "jobset" / "crds").glob("*_*.yaml")) + sorted((share / "trainer" / "crds").glob("*_*.yaml"))
+        self.kubectl("apply", "--server-side", "--field-manager=helixrun-tests", *(f"--filename={c}" for c in crds))
+        pki = ensure_webhook_pki()
+        install_webhook_serving_certs(pki)
+        ca = (pki / "ca.crt").read_bytes()
+        self.apply(
+            webhook_configurations("jobset", p["jobset_webhook"], ca, *JOBSET_WEBHOOKS,
+                                   (share / "jobset" / "webhook" / "manifests.yaml").read_text())
+            + webhook_configurations("trainer", p["trainer_webhook"], ca, *TRAINER_WEBHOOKS,
+                                     (share / "trainer" / "webhook" / "manifests.yaml").read_text())
+            + [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": TRAINER_NAMESPACE}}]
+        )
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/jobsets.jobset.x-k8s.io",
+                     "crd/trainjobs.trainer.kubeflow.org", "crd/trainingruntimes.trainer.kubeflow.org",
+                     "crd/clustertrainingruntimes.trainer.kubeflow.org")
+        config = self.state_dir / "jobset-config.json"
+        config.write_text(json.dumps({
+            "apiVersion": "config.jobset.x-k8s.io/v1alpha1", "kind": "Configuration",
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            "webhook": {"port": p["jobset_webhook"], "host": "127.0.0.1", "certDir": str(WEBHOOK_CERT_DIR)},
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{p['jobset_health']}"},
+        }))
+        self._spawn("jobset", [self.binary("jobset"), f"--kubeconfig={self.kubeconfig}", f"--config={config}",
+                               "--metrics-bind-address=0", "--zap-devel=false"])
+        config = self.state_dir / "trainer-config.json"
+        config.write_text(json.dumps({
+            "apiVersion": "config.trainer.kubeflow.org/v1alpha1", "kind": "Configuration",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{p['trainer_health']}",
+                       "readinessEndpointName": "readyz", "livenessEndpointName": "healthz"},
+            "metrics": {"bindAddress": "0"},
+            "webhook": {"port": p["trainer_webhook"], "host": "127.0.0.1"},
+            "leaderElection": {"leaderElect": False},
+            "certManagement": {"enable": False},
+        }))
+        self._spawn("trainer", [self.binary("trainer-controller-manager"), f"--kubeconfig={self.kubeconfig}",
+                                f"--config={config}", "--zap-devel=false"],
+                    env={**self._child_env(), "POD_NAMESPACE": TRAINER_NAMESPACE})
+
+        def healthy(port_name: str) -> Callable[[], bool]:
+            def check() -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p[port_name]}/healthz", timeout=10) as r:
+                    return r.status == 200
+            return check
+
+        def denied(obj: dict, what: str, sign: str) -> Callable[[], bool]:
+            """Ready = the apiserver gets the webhook's own refusal, `sign` in it (certs, server, handlers all up)."""
+            def check() -> bool:
+                r = self.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+                if r.returncode == 0:
+                    raise ClusterError(f"the webhook accepted {what}")
+                if sign in r.stderr:
+                    return True
+                raise ClusterError(r.stderr.strip())
+            return check
+
+        bad_jobset = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+                      "metadata": {"name": "helixrun-webhook-probe", "namespace": "default"},
+                      "spec": {"replicatedJobs": [{"name": "Not_A_DNS_Label", "replicas": 1, "template": {"spec": {
+                          "template": {"spec": {"restartPolicy": "Never",
+                                                "containers": [{"name": "c", "image": "busybox"}]}}}}}]}}
+        bad_trainjob = {"apiVersion": f"{TRAINER_GROUP}/v1alpha1", "kind": "TrainJob",
+                        "metadata": {"name": "helixrun-webhook-probe", "namespace": "default"},
+                        "spec": {"runtimeRef": {"name": "no-such-runtime"}}}
+        wait_until("jobset /healthz", healthy("jobset_health"), self._t(60), alive=self._check_alive)
+        # Only JobSet's webhook names the Job a replicated job would make: <jobset>-<replicated job>-<index>.
+        wait_until("jobset webhook to deny an invalid JobSet",
+                   denied(bad_jobset, "an invalid JobSet", "helixrun-webhook-probe-Not_A_DNS_Label-0"),
+                   self._t(120), alive=self._check_alive)
+        wait_until("trainer /healthz", healthy("trainer_health"), self._t(60), alive=self._check_alive)
+        wait_until("trainer webhook to deny a TrainJob without its runtime",
+                   denied(bad_trainjob, "a TrainJob naming no runtime", "denied the request"), self._t(120),
+                   alive=self._check_alive)
+        # The runtime a Trainer v2 install ships, through the trainer's validating webhook.
+        self.kubectl("apply", "--server-side", "--field-manager=helixrun-tests",
+                     "-f", str(share / "trainer" / "runtimes" / "torch_distributed.yaml"))
 
 
 def running_control_plane(state_dir: str | os.PathLike) -> ControlPlane | None:

@@ -219,6 +219,35 @@ def test_exit_code_1_fails_job_and_0_succeeds(cluster, namespace):
 
 
 @pytest.mark.cluster
+def test_a_deleted_pod_of_a_job_with_a_pod_failure_policy_ends_with_143_and_goes(cluster, namespace):
+    """As a kubelet ends it (SIGTERM, exit 143, phase Failed): the Job controller then counts the failure and
+    removes its tracking finalizer, so the pod and its namespace do not stay terminating."""
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pfp", "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1]}}]},
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "nodeSelector": {POOL_LABEL: "rtx4090"},
+                "containers": [{"name": "main", "image": "busybox"}],
+            }},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(job))
+
+    def pods():
+        return cluster.get_json("pods", "-n", namespace, "-l", "job-name=pfp")["items"]
+
+    (pod,) = wait_for("the Job's pod running", lambda: [p for p in pods() if p["status"].get("phase") == "Running"], 120)
+    assert "batch.kubernetes.io/job-tracking" in pod["metadata"]["finalizers"]
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")
+    wait_for("the pod gone", lambda: not [p for p in pods() if p["metadata"]["uid"] == pod["metadata"]["uid"]], 120)
+    status = cluster.get_json("job", "pfp", "-n", namespace)["status"]
+    assert status.get("failed") == 1 and any(c["type"] == "Failed" for c in status.get("conditions", [])), status
+
+
+@pytest.mark.cluster
 def test_garbage_collector_cascades_owner_deletion(cluster, namespace):
     cluster.kubectl("create", "configmap", "owner", "-n", namespace, "--from-literal=a=b")
     owner = json.loads(cluster.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "json").stdout)

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from helixrun.backends import BACKENDS, Backend
+from helixrun.children import RUN_LABEL
 from tests.cluster.controlplane import free_ports, wait_until
 
 ROOT = Path(__file__).parents[2]
@@ -23,16 +25,26 @@ _namespaces = itertools.count()
 
 
 class Operator:
-    """`helixrun operator` (kopf's runner) as a process against the test cluster."""
+    """`helixrun operator` (kopf's runner) as a process against the test cluster, with one backend (or auto)."""
 
-    def __init__(self, cluster, log: Path):
-        self.cluster, self.log = cluster, log
+    def __init__(self, cluster, log: Path, backend: str = "auto"):
+        self.cluster, self.log, self.backend_choice = cluster, log, backend
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend a named choice runs runs with (auto: PyTorchJob on the shared cluster, which has both)."""
+        return BACKENDS.get(self.backend_choice, BACKENDS["pytorchjob"])
+
+    @property
+    def job_kind(self) -> str:
+        """The job's resource for kubectl, e.g. pytorchjobs.kubeflow.org."""
+        return f"{self.backend.plural}.{self.backend.group}"
 
     def start(self) -> "Operator":
         port, self.metrics_port = free_ports(2)
         env = {"HELIXRUN_OPERATOR_METRICS_PORT": str(self.metrics_port)} | self.cluster.env()
-        env |= {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test"}
+        env |= {"HELIXRUN_TRAINER_IMAGE": "helixrun/trainer:test", "HELIXRUN_BACKEND": self.backend_choice}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "helixrun.cli", "operator", "-A", "--standalone",
@@ -84,9 +96,10 @@ def crd_installed(cluster):
 
 
 # Per module: the restart test runs operators of its own and must not race this one.
-@pytest.fixture(scope="module")
-def operator(crd_installed, tmp_path_factory):
-    op = Operator(crd_installed, tmp_path_factory.mktemp("operator") / "operator.log").start()
+# Every test that takes the operator runs once per backend: the same bodies, PyTorchJob and TrainJob.
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def operator(crd_installed, tmp_path_factory, request):
+    op = Operator(crd_installed, tmp_path_factory.mktemp("operator") / "operator.log", request.param).start()
     yield op
     op.stop()
 
@@ -117,9 +130,26 @@ def get(cluster, kind: str, name: str, namespace: str) -> dict | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-def pods_of(cluster, job: str, namespace: str) -> list[dict]:
-    selector = f"training.kubeflow.org/job-name={job}"
-    return cluster.get_json("pods", "-n", namespace, "-l", selector)["items"]
+def pods_of(cluster, run: str, namespace: str) -> list[dict]:
+    """The run's trainer pods, whichever job made them (the operator labels every one with its run)."""
+    return cluster.get_json("pods", "-n", namespace, "-l", f"{RUN_LABEL}={run}")["items"]
+
+
+def node_rank(pod: dict) -> int:
+    """The pod's node rank: PyTorchJob's master 0 and worker i at i + 1, a TrainJob's Job completion index."""
+    labels = pod["metadata"]["labels"]
+    if "batch.kubernetes.io/job-completion-index" in labels:
+        return int(labels["batch.kubernetes.io/job-completion-index"])
+    index = int(labels["training.kubeflow.org/replica-index"])
+    return index if labels["training.kubeflow.org/replica-type"] == "master" else index + 1
+
+
+def job_suspended(job: dict, backend: Backend) -> bool:
+    """Whether the job carries the backend's suspend: the same patch the operator sends."""
+    def carries(obj: dict, patch: dict) -> bool:
+        return all(carries(obj.get(k) or {}, v) if isinstance(v, dict) else obj.get(k) == v for k, v in patch.items())
+
+    return carries(job, backend.suspend_patch(True))
 
 
 def run_status(cluster, name: str, namespace: str) -> dict:

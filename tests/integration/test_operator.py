@@ -1,5 +1,6 @@
 """The operator against a real control plane: kube-apiserver, etcd, scheduler,
-controller-manager, kwok GPU nodes and the Kubeflow training-operator v1.9."""
+controller-manager, kwok GPU nodes, the Kubeflow training-operator v1.9 and Kubeflow
+Trainer v2 on JobSet. Every test that takes `operator` runs for both backends."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from tests.integration.conftest import (
     EXAMPLES,
     apply,
     get,
+    job_suspended,
+    node_rank,
     pods_of,
     provide_volumes,
     run_object,
@@ -42,19 +45,19 @@ def launch(cluster, namespace: str, example: str, **spec_changes) -> dict:
     return obj
 
 
-def running_pods(cluster, job: str, namespace: str, count: int) -> list[dict]:
+def running_pods(cluster, run: str, namespace: str, count: int) -> list[dict]:
     def check():
-        pods = [p for p in pods_of(cluster, job, namespace) if p["status"].get("phase") == "Running"
+        pods = [p for p in pods_of(cluster, run, namespace) if p["status"].get("phase") == "Running"
                 and not p["metadata"].get("deletionTimestamp")]
-        return pods if len(pods) == count else None
+        return sorted(pods, key=node_rank) if len(pods) == count else None
 
-    return wait_for(f"{count} running pods of {job}", check, timeout=120)
+    return wait_for(f"{count} running pods of {run}", check, timeout=120)
 
 
-def gang_replaced(cluster, job: str, namespace: str, before: dict[str, str]) -> bool:
-    """Every pod named as before runs again, each with a new UID."""
-    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, job, namespace, len(before))}
-    return set(uids) == set(before) and not set(uids.values()) & set(before.values())
+def gang_replaced(cluster, run: str, namespace: str, before: dict[str, str]) -> bool:
+    """As many pods as before run again, every one new (PyTorchJob keeps their names, JobSet does not)."""
+    uids = {p["metadata"]["uid"] for p in running_pods(cluster, run, namespace, len(before))}
+    return not uids & set(before.values())
 
 
 def restarting_events(cluster, name: str, namespace: str) -> list[str]:
@@ -75,7 +78,7 @@ def node_pool(cluster, node: str) -> str:
 def test_examples_create_children_and_run_on_their_pool(cluster, operator, namespace, example, pool):
     obj = launch(cluster, namespace, example)
     name = obj["metadata"]["name"]
-    job = wait_for("PyTorchJob", lambda: get(cluster, "pytorchjob", name, namespace))
+    job = wait_for(operator.backend.kind, lambda: get(cluster, operator.job_kind, name, namespace))
     for kind, child in (("configmap", f"{name}-config"), ("pvc", f"{name}-checkpoints"), ("service", f"{name}-metrics")):
         assert get(cluster, kind, child, namespace), f"{kind}/{child} missing"
     assert job["metadata"]["ownerReferences"][0]["kind"] == "TrainingRun"
@@ -110,7 +113,7 @@ def test_a_failed_worker_restarts_the_whole_gang(cluster, operator, namespace):
     name = obj["metadata"]["name"]
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, name, namespace, 2)}
     wait_for("Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
-    worker = next(n for n in before if "worker" in n)
+    worker = next(p["metadata"]["name"] for p in running_pods(cluster, name, namespace, 2) if node_rank(p) == 1)
     cluster.kubectl("annotate", "pod", worker, "-n", namespace, f"{EXIT_CODE_ANNOTATION}=137")
 
     wait_for("master and worker recreated", lambda: gang_replaced(cluster, name, namespace, before), timeout=180)
@@ -147,7 +150,7 @@ def test_retryable_exits_beyond_the_backoff_limit_fail_the_run(cluster, operator
                       .get("phase") == "Failed" and s)
     assert status["restarts"] == 2
     assert "restart 2 exceeds spec.backoffLimit 1" in status["message"]
-    wait_for("the job deleted", lambda: get(cluster, "pytorchjob", name, namespace) is None)
+    wait_for("the job deleted", lambda: get(cluster, operator.job_kind, name, namespace) is None)
     assert run_status(cluster, name, namespace)["phase"] == "Failed"
 
 
@@ -156,9 +159,9 @@ def test_deleting_a_run_removes_its_children_and_honours_retention(cluster, oper
     obj = launch(cluster, namespace, "run-esm2.yaml",
                  checkpointing={"everySteps": 100, "keepLast": 2, "retention": retention})
     name = obj["metadata"]["name"]
-    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    wait_for("job", lambda: get(cluster, operator.job_kind, name, namespace))
     cluster.kubectl("delete", "trainingrun", name, "-n", namespace, "--wait=true", timeout=120)
-    for kind, child in (("pytorchjob", name), ("configmap", f"{name}-config"), ("service", f"{name}-metrics")):
+    for kind, child in ((operator.job_kind, name), ("configmap", f"{name}-config"), ("service", f"{name}-metrics")):
         wait_for(f"{kind}/{child} collected", lambda: get(cluster, kind, child, namespace) is None, timeout=120)
     if pvc_kept:
         assert get(cluster, "pvc", f"{name}-checkpoints", namespace) is not None
@@ -170,16 +173,16 @@ def test_deleting_a_run_removes_its_children_and_honours_retention(cluster, oper
 def test_suspend_reaches_the_job(cluster, operator, namespace):
     obj = launch(cluster, namespace, "run-esm2.yaml")
     name = obj["metadata"]["name"]
-    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    wait_for("job", lambda: get(cluster, operator.job_kind, name, namespace))
     cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
-    wait_for("job suspended", lambda: get(cluster, "pytorchjob", name, namespace)["spec"]["runPolicy"].get("suspend"))
+    wait_for("job suspended", lambda: job_suspended(get(cluster, operator.job_kind, name, namespace), operator.backend))
     wait_for("phase Suspended", lambda: run_status(cluster, name, namespace).get("phase") == "Suspended")
 
 
 def test_changing_a_fixed_field_is_refused_with_a_condition(cluster, operator, namespace):
     obj = launch(cluster, namespace, "run-esm2.yaml")
     name = obj["metadata"]["name"]
-    wait_for("job", lambda: get(cluster, "pytorchjob", name, namespace))
+    wait_for("job", lambda: get(cluster, operator.job_kind, name, namespace))
     cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge",
                     "-p", '{"spec":{"training":{"optimizer":{"lr":0.001}}}}')
 
@@ -191,7 +194,7 @@ def test_changing_a_fixed_field_is_refused_with_a_condition(cluster, operator, n
     assert "training.optimizer.lr" in condition["message"]
     # A later, allowed change does not forget the refused one: the spec still differs from what runs.
     cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
-    wait_for("the job suspended", lambda: get(cluster, "pytorchjob", name, namespace)["spec"]["runPolicy"].get("suspend"))
+    wait_for("the job suspended", lambda: job_suspended(get(cluster, operator.job_kind, name, namespace), operator.backend))
     condition = refused()
     assert condition and "training.optimizer.lr" in condition["message"]
 
@@ -204,7 +207,7 @@ def test_a_plan_that_does_not_fit_creates_no_job(cluster, operator, namespace):
     plan_fits = next(c for c in status["conditions"] if c["type"] == "PlanFits")
     assert plan_fits["status"] == "False" and plan_fits["reason"] == "PlanRefused"
     assert "rtx4090" in plan_fits["message"]
-    assert get(cluster, "pytorchjob", name, namespace) is None
+    assert get(cluster, operator.job_kind, name, namespace) is None
 
 
 def evict(cluster, pod: str, namespace: str) -> None:
@@ -225,12 +228,14 @@ def test_a_deleted_pod_restarts_the_whole_gang_and_counts_once(cluster, operator
     name = obj["metadata"]["name"]
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in running_pods(cluster, name, namespace, 2)}
     wait_for("Running", lambda: run_status(cluster, name, namespace).get("phase") == "Running")
-    gone = next(n for n in before if role in n)
+    ranks = {node_rank(pod): pod["metadata"]["name"] for pod in running_pods(cluster, name, namespace, 2)}
+    gone = ranks[{"master": 0, "worker": 1}[role]]
     if how == "evict":
         evict(cluster, gone, namespace)
     else:
         cluster.kubectl("delete", "pod", gone, "-n", namespace, "--wait=false")
     # The training-operator alone recreates only the deleted pod; the surviving rank would wait in rendezvous.
+    # JobSet recreates the whole gang itself; either way the restart counts once.
     wait_for("master and worker recreated", lambda: gang_replaced(cluster, name, namespace, before), timeout=180)
     status = wait_for("the deletion counted and Running again",
                       lambda: (s := run_status(cluster, name, namespace)).get("restarts", 0) >= 1
@@ -277,7 +282,7 @@ def test_deletions_beyond_the_backoff_limit_fail_the_run(cluster, operator, name
     assert status["restarts"] == 2
     assert f"pod {second['metadata']['name']} was deleted" in status["message"]
     assert "restart 2 exceeds spec.backoffLimit 1" in status["message"]
-    wait_for("the job deleted", lambda: get(cluster, "pytorchjob", name, namespace) is None)
+    wait_for("the job deleted", lambda: get(cluster, operator.job_kind, name, namespace) is None)
     assert run_status(cluster, name, namespace)["phase"] == "Failed"
 
 

@@ -129,20 +129,26 @@ def test_row_from_a_trainingrun_status():
                    "TOKENS/S": "1,234", "ETA": "-", "LAST CHECKPOINT": "step 10, 1m30s ago"}
 
 
-@pytest.mark.cluster
-def test_status_and_watch_against_the_cluster(cluster):
+def finished_run_in(cluster, namespace: str) -> str:
+    """The example run in `namespace` with the status of a finished run; its name."""
     crd = REPO / "crds" / "helixrun.io_trainingruns.yaml"
     cluster.kubectl("apply", "--server-side", "-f", str(crd))
     cluster.kubectl("wait", "--for=condition=Established", "crd/trainingruns.helixrun.io", "--timeout=60s")
-    cluster.kubectl("create", "namespace", "obs-cli", check=False)
+    cluster.kubectl("create", "namespace", namespace, check=False)
     obj = yaml.safe_load(EXAMPLE.read_text())
-    obj["metadata"]["namespace"] = "obs-cli"
+    obj["metadata"]["namespace"] = namespace
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
     status = {"status": {"phase": "Succeeded", "progress": {"step": 500000, "totalSteps": 500000, "loss": "1.2345",
                                                             "tokensPerSecond": 98765.0},
                          "lastCheckpoint": {"step": 500000, "time": "2026-01-01T00:00:00Z"}}}
-    cluster.kubectl("patch", "trainingrun", obj["metadata"]["name"], "-n", "obs-cli", "--subresource=status",
+    cluster.kubectl("patch", "trainingrun", obj["metadata"]["name"], "-n", namespace, "--subresource=status",
                     "--type=merge", "-p", json.dumps(status))
+    return obj["metadata"]["name"]
+
+
+@pytest.mark.cluster
+def test_status_and_watch_against_the_cluster(cluster):
+    finished_run_in(cluster, "obs-cli")
     proc = helixrun("status", "-n", "obs-cli", env=cluster.env())
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip().splitlines()[1]
@@ -151,3 +157,32 @@ def test_status_and_watch_against_the_cluster(cluster):
     assert proc.returncode == 0 and "Succeeded" in proc.stdout, proc.stderr
     proc = helixrun("status", "no-such-run", "-n", "obs-cli", env=cluster.env())
     assert proc.returncode == 1 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.cluster
+def test_status_reads_the_kubeconfig_contexts_namespace_and_prints_json_or_yaml(cluster, tmp_path):
+    name = finished_run_in(cluster, "obs-context")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(Path(cluster.kubeconfig).read_text())
+    env = cluster.env() | {"KUBECONFIG": str(kubeconfig)}
+
+    def kubectl(*args: str) -> str:
+        return subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    kubectl("config", "set-context", "--current", "--namespace=obs-context")
+    current = kubectl("config", "current-context").strip()
+    kubectl("config", "set-context", "elsewhere", f"--cluster={kubectl('config', 'view', '-o', 'jsonpath={.contexts[0].context.cluster}')}",
+            f"--user={kubectl('config', 'view', '-o', 'jsonpath={.contexts[0].context.user}')}", "--namespace=default")
+
+    proc = helixrun("status", "-o", "json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(proc.stdout)
+    assert (run["name"], run["namespace"], run["phase"], run["step"], run["loss"]) == (name, "obs-context", "Succeeded", 500000, 1.2345)
+    proc = helixrun("status", name, "--context", current, "-o", "yaml", env=env)
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)[0]["total_steps"] == 500000, proc.stderr
+    proc = helixrun("status", "--context", "elsewhere", "-o", "json", env=env)
+    assert proc.returncode == 0 and name not in proc.stdout, (proc.stdout, proc.stderr)
+    proc = helixrun("watch", name, "--context", "elsewhere", "-n", "obs-context", "--once", env=env)
+    assert proc.returncode == 0 and "Succeeded" in proc.stdout, proc.stderr
+    proc = helixrun("status", "--context", "nowhere", env=env)
+    assert proc.returncode == 1 and "context 'nowhere'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import pytest
 import yaml
 
 from helixrun import api
+from helixrun.children import KUEUE_QUEUE_LABEL
 from helixrun.pools import default_pools
 from helixrun.render import (
-    KUEUE_QUEUE_LABEL,
     MODEL_CACHE_CLAIM,
     PlanRefused,
     RenderSettings,
@@ -218,3 +219,30 @@ def test_cli_render_reads_a_pools_file(tmp_path):
     assert result.returncode == 0, result.stderr
     job = [o for o in yaml.safe_load_all(result.stdout) if o["kind"] == "PyTorchJob"][0]
     assert pod_specs(job)[0]["nodeSelector"] == {"nvidia.com/gpu.product": "Tesla-V100-SXM2-32GB"}
+
+
+def test_cli_render_applies_set_overrides_as_helixrun_train_does():
+    path = EXAMPLES[0]
+    result = helixrun("render", "-f", str(path), "--set", "hardware.nodes=2", "--set", "training.maxSteps=7")
+    assert result.returncode == 0, result.stderr
+    obj = yaml.safe_load(path.read_text())
+    obj["spec"] |= {"hardware": {**obj["spec"]["hardware"], "nodes": 2}, "training": {**obj["spec"].get("training", {}), "maxSteps": 7}}
+    expected = render_run(resolve(api.TrainingRun.from_object(obj), default_pools()), RenderSettings.from_env())
+    assert list(yaml.safe_load_all(result.stdout)) == expected
+    bad = helixrun("render", "-f", str(path), "--set", "hardware.nodes")
+    assert bad.returncode == 2 and "--set" in bad.stderr and "path=value" in bad.stderr and bad.stdout == ""
+
+
+def test_cli_render_renders_the_backend_asked_for():
+    path = EXAMPLES[0]
+    result = helixrun("render", "-f", str(path), "--backend", "trainjob")
+    assert result.returncode == 0, result.stderr
+    (run,) = api.load_runs(path.read_text(), str(path))
+    expected = render_run(resolve(run, default_pools()), RenderSettings(backend="trainjob"))
+    assert list(yaml.safe_load_all(result.stdout)) == expected
+    assert [o["kind"] for o in expected][-2:] == ["TrainingRuntime", "TrainJob"]
+
+
+def test_cli_version_names_the_package_version():
+    result = helixrun("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"helixrun {importlib.metadata.version('helixrun')}"

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helixrun import status
 from helixrun.backends.pytorchjob import PyTorchJobBackend
-from helixrun.controller.pods import (
-    deleted_on_purpose,
-    gang_placement,
-    gang_restart,
-    termination,
-    unschedulable_message,
-)
+from helixrun.controller import pods
+from helixrun.controller.pods import deleted_on_purpose, gang_placement, unschedulable_message
+
+PYTORCHJOB = PyTorchJobBackend()
+
+
+def termination(body: dict, gone: bool = False):
+    return pods.termination(body, gone, backend=PYTORCHJOB)
+
+
+def gang_restart(gang: list[dict], ended):
+    return pods.gang_restart(gang, ended, PYTORCHJOB)
 
 
 def test_condition_transition_time_moves_only_when_status_flips():
@@ -202,6 +207,7 @@ def test_a_deleted_pod_counts_as_a_restart_against_the_backoff_limit():
     assert over["phase"] == "Failed" and "restart 2 exceeds spec.backoffLimit 1" in over["message"]
 
 
+@settings(deadline=None)  # up to 200 status updates: seconds on a loaded 2-core machine
 @given(st.integers(min_value=0, max_value=200))
 def test_counted_exits_stay_within_the_schema_limit(n):
     state: dict = {}
@@ -266,3 +272,64 @@ def test_the_message_explains_the_phase_most_specifically():
     assert status.explain("Failed", recovered) == "job failed"  # an old retryable exit explains no later failure
     deleted = status.set_condition(job_says, status.TRAINER_EXITED, True, status.POD_DELETED, "pod m was deleted", "t")
     assert status.explain("Failed", deleted) == "job failed"
+
+
+def by_type(update: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in update["conditions"]}
+
+
+def test_the_job_mirror_keeps_the_conventional_conditions():
+    observed = {"observedGeneration": 3}
+    pending = status.mirror_job(observed, "Pending", "GangIncomplete", "1 of 2 pods running", "t")
+    assert by_type(pending)[status.READY] == {"type": "Ready", "status": "False", "reason": "GangIncomplete",
+                                              "message": "1 of 2 pods running", "lastTransitionTime": "t",
+                                              "observedGeneration": 3}
+    running = status.mirror_job({**observed, **pending}, "Running", "PyTorchJobRunning", "job runs", "t2")
+    assert by_type(running)[status.READY]["status"] == "True" and status.COMPLETE not in by_type(running)
+    done = by_type(status.mirror_job({**observed, **running}, "Succeeded", "PyTorchJobSucceeded", "done", "t3"))
+    assert done[status.READY]["status"] == "True" and done[status.COMPLETE]["status"] == "True"
+    assert not {status.FAILED, status.STALLED, status.SUSPENDED} & set(done)  # batch/v1: present once true
+
+
+def test_a_failed_run_is_failed_and_stalled_with_the_trainers_reason():
+    exited = status.count_exit({"phase": "Running", "observedGeneration": 2}, termination(pod("m", "Failed", 2)), 3, "t")
+    failed = by_type(status.mirror_job({"observedGeneration": 2, **exited}, "Failed", "PyTorchJobFailed", "job failed", "t"))
+    for type_ in (status.FAILED, status.STALLED):
+        assert (failed[type_]["status"], failed[type_]["reason"]) == ("True", status.PERMANENT_EXIT)
+        assert "exited with code 2 (permanent)" in failed[type_]["message"]
+    assert failed[status.READY]["status"] == "False"
+    over = status.count_exit({"phase": "Restarting", "restarts": 1}, termination(pod("m", "Failed", 137)), 1, "t")
+    assert (by_type(over)[status.FAILED]["reason"], by_type(over)[status.STALLED]["status"]) == (status.BACKOFF_EXCEEDED, "True")
+
+
+def test_suspended_comes_and_goes_with_the_job():
+    suspended = status.mirror_job({"phase": "Running"}, "Suspended", "PyTorchJobSuspended", "suspended", "t1")
+    assert by_type(suspended)[status.SUSPENDED]["status"] == "True" and by_type(suspended)[status.READY]["status"] == "True"
+    resumed = by_type(status.mirror_job(suspended, "Pending", "PyTorchJobResumed", "resumed", "t2"))
+    assert (resumed[status.SUSPENDED]["status"], resumed[status.SUSPENDED]["reason"]) == ("False", "Resumed")
+    assert resumed[status.READY]["status"] == "False"
+
+
+def test_a_refused_run_fails_and_a_replanned_one_is_pending_again():
+    refused = status.failed({}, "PlanRefused", "needs 90 GiB of 24", "t1", generation=1)
+    assert refused["phase"] == "Failed" and refused["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in refused["conditions"]} == {
+        status.PLAN_FITS: "False", status.FAILED: "True", status.STALLED: "True", status.READY: "False"}
+    again = {c["type"]: c for c in status.pending(refused["conditions"], "t2", generation=2)}
+    assert again[status.FAILED]["status"] == again[status.STALLED]["status"] == again[status.READY]["status"] == "False"
+    assert all(c["observedGeneration"] == 2 for t, c in again.items() if t != status.PLAN_FITS)
+
+
+@given(st.lists(st.sampled_from(["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]),
+                min_size=1, max_size=8))
+def test_conditions_agree_with_the_phase_whatever_came_before(phases):
+    state: dict = {"observedGeneration": 1}
+    for i, phase in enumerate(phases):
+        state |= status.mirror_job(state, phase, f"Job{phase}", phase.lower(), str(i)) or {}
+    held = {c["type"]: c["status"] == "True" for c in state["conditions"]}
+    phase = phases[-1]
+    assert held[status.READY] == (phase in status.READY_PHASES)
+    assert held.get(status.COMPLETE, False) == (phase == "Succeeded")
+    assert held.get(status.FAILED, False) == held.get(status.STALLED, False) == (phase == "Failed")
+    assert held.get(status.SUSPENDED, False) == (phase == "Suspended")
+    assert all(c["observedGeneration"] == 1 for c in state["conditions"])

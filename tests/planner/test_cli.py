@@ -55,3 +55,20 @@ def test_unknown_pool_is_an_error(tmp_path, capsys):
     path.write_text(yaml.safe_dump(run))
     assert main(["plan", "-f", str(path)]) == 2
     assert "unknown pool 'tpu'" in capsys.readouterr().err
+
+
+def test_set_overrides_reach_the_plan_as_the_file_would(tmp_path, capsys):
+    assert main(["plan", "-f", str(RUNS / "esm2-650m-rtx2080super.yaml"), "-o", "json",
+                 "--set", "hardware.pool=a800", "--set", "hardware.gpusPerNode=4"]) == 0
+    overridden = json.loads(capsys.readouterr().out)["esm2-650m"]
+    run = yaml.safe_load((RUNS / "esm2-650m-rtx2080super.yaml").read_text())
+    run["spec"]["hardware"] |= {"pool": "a800", "gpusPerNode": 4}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run))
+    assert main(["plan", "-f", str(path), "-o", "json"]) == 0
+    assert overridden == json.loads(capsys.readouterr().out)["esm2-650m"] and overridden["a800"]["world_size"] == 4
+
+
+def test_a_bad_set_override_is_an_error_naming_it(capsys):
+    assert main(["plan", "-f", str(RUNS / "genechat-a800.yaml"), "--set", "hardware..pool=x"]) == 2
+    assert "--set hardware..pool" in capsys.readouterr().err

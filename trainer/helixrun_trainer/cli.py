@@ -46,9 +46,7 @@ def resolve_local(obj: dict, workdir: Path, *, tiny: bool = False, sets=(), pool
     from helixrun import api, pools, resolve
 
     sets = [*(TINY_SETS if tiny else ()), *sets]
-    for assignment in sets:
-        obj = resolve.apply_set(obj, assignment)
-    run = api.TrainingRun.from_object(obj, source)
+    run = api.TrainingRun.from_object(resolve.apply_sets(obj, sets), source)
     return resolve.resolve(run, pools.load_pools(pools_file), resolve.local_paths(workdir), source, overrides=sets)
 
 

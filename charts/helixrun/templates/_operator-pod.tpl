@@ -65,6 +65,8 @@ spec:
         {{- end }}
         - name: HELIXRUN_POOLS_FILE
           value: /etc/helixrun/pools/pools.yaml
+        - name: HELIXRUN_BACKEND
+          value: {{ .Values.backend | quote }}
         - name: HELIXRUN_TRAINER_IMAGE
           value: {{ include "helixrun.trainer.image" . | quote }}
         - name: HELIXRUN_TRAINER_SERVICE_ACCOUNT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # Modules are imported lazily so `helixrun render` does not pay for matplotlib or kopf.
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helixrun", description="Train biological foundation models on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('helixrun')}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = [a for a in argv if a in SUBCOMMANDS][:1] or list(SUBCOMMANDS)
     for module in dict.fromkeys(SUBCOMMANDS[name] for name in wanted):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from helixrun import api
+from helixrun.cli import runfile
 from helixrun.planner import Plan, make_plan
 from helixrun.durations import format_duration
 from helixrun.pools import Pool, PoolConfigError, load_pools
@@ -20,16 +22,15 @@ EXIT_REFUSED = 3
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("plan", help="show the hardware plan for a run (memory, batch, precision, ETA)")
-    parser.add_argument("-f", "--filename", required=True, help="TrainingRun YAML file")
-    parser.add_argument("--pools", help="GPU pools file (default: the built-in pools)")
+    runfile.add_arguments(parser)
     parser.add_argument("--all-pools", action="store_true", help="plan the run on every pool, side by side")
     parser.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     parser.set_defaults(func=run)
 
 
-def merged_spec(training_run: api.TrainingRun, source: str = ""):
+def merged_spec(training_run: api.TrainingRun, source: str = "", overrides: Sequence[str] = ()):
     """The spec the planner sees: the run with its recipe's defaults, as the operator resolves it."""
-    return api.RunSpec.model_validate(spec_with_defaults(training_run, source))
+    return api.RunSpec.model_validate(spec_with_defaults(training_run, source, overrides))
 
 
 def on_pool(spec, pool: Pool) -> tuple[object, str | None]:
@@ -43,8 +44,9 @@ def on_pool(spec, pool: Pool) -> tuple[object, str | None]:
     return spec.model_copy(update={"hardware": hardware.model_copy(update=update)}), note
 
 
-def plans_for(training_run: api.TrainingRun, pools: dict[str, Pool], all_pools: bool, source: str = "") -> dict[str, Plan]:
-    spec = merged_spec(training_run, source)
+def plans_for(training_run: api.TrainingRun, pools: dict[str, Pool], all_pools: bool, source: str = "",
+              overrides: Sequence[str] = ()) -> dict[str, Plan]:
+    spec = merged_spec(training_run, source, overrides)
     if not all_pools:
         pool = pools.get(spec.hardware.pool)
         if pool is None:
@@ -70,8 +72,8 @@ def run(args) -> int:
     path = Path(args.filename)
     try:
         pools = load_pools(args.pools)
-        runs = api.load_runs(path.read_text(), str(path))
-        results = {r.name: plans_for(r, pools, args.all_pools, str(path)) for r in runs}
+        runs = runfile.read_runs(args)
+        results = {r.name: plans_for(r, pools, args.all_pools, str(path), args.set) for r in runs}
     except (api.InvalidRun, PoolConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

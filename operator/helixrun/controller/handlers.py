@@ -5,6 +5,8 @@ Run with `helixrun operator` (or `kopf run -m helixrun.controller.handlers`).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -13,18 +15,23 @@ import kopf
 
 from helixrun import api
 from helixrun import status as st
-from helixrun.backends.pytorchjob import PyTorchJobBackend
+from helixrun.backends import BACKENDS, Backend, choose
+from helixrun.children import KUEUE_QUEUE_LABEL, RUN_LABEL, job_name
 from helixrun.controller import kube
 from helixrun.controller.pods import deleted_on_purpose, gang_placement, gang_restart, termination
 from helixrun.pools import load_pools
-from helixrun.render import KUEUE_QUEUE_LABEL, RUN_LABEL, PlanRefused, RenderSettings, job_name, render_run
+from helixrun.render import PlanRefused, RenderSettings, render_run
 from helixrun.resolve import resolve
 from helixrun.telemetry import operator_metrics
 
 RUNS = (api.GROUP, api.VERSION, api.PLURAL)
 # The spec as planned: later edits are judged against it, not against the previous edit.
 PLANNED_SPEC = f"{api.GROUP}/planned-spec"
-JOBS = (PyTorchJobBackend.group, PyTorchJobBackend.version, PyTorchJobBackend.plural)
+# The backend that made the run's job: a run keeps its job kind when the operator's choice changes.
+BACKEND_ANNOTATION = f"{api.GROUP}/backend"
+# Job kinds watched: the one chosen, or for auto every one the choice may fall on (the chart grants each).
+CHOICE = os.environ.get("HELIXRUN_BACKEND", "auto")
+WATCHED = list(BACKENDS.values()) if CHOICE == "auto" else [choose(CHOICE)]
 
 
 @kopf.on.startup()
@@ -40,9 +47,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.client_timeout = 150
     settings.execution.max_workers = int(os.environ.get("HELIXRUN_OPERATOR_WORKERS", "8"))
     memo.pools = load_pools(os.environ.get("HELIXRUN_POOLS_FILE"))
-    memo.render_settings = RenderSettings.from_env()
     kube.login()
-    logger.info("helixrun operator configured with pools: %s", ", ".join(sorted(memo.pools)))
+    settings = RenderSettings.from_env()
+    memo.backend = choose(settings.backend, served=kube.serves)
+    memo.render_settings = dataclasses.replace(settings, backend=memo.backend.name)
+    logger.info("helixrun operator configured with pools %s; runs become %s (%s/%s; backend %s)",
+                ", ".join(sorted(memo.pools)), memo.backend.kind, memo.backend.group, memo.backend.version,
+                settings.backend)
 
 
 @kopf.on.startup()
@@ -54,6 +65,17 @@ async def start_metrics(memo: kopf.Memo, **_) -> None:
 @kopf.on.cleanup()
 async def stop_metrics(memo: kopf.Memo, **_) -> None:
     await memo.metrics_server.stop()
+
+
+def _backend_of(body, memo: kopf.Memo) -> Backend:
+    """The backend that made the run's job, else the operator's choice."""
+    return BACKENDS.get(body["metadata"].get("annotations", {}).get(BACKEND_ANNOTATION)) or memo.backend
+
+
+@kopf.index("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
+def gangs(namespace, labels, body, **_) -> dict:
+    """Every trainer pod by its run: a pod's event reads its gang from here, never from a list call."""
+    return {(namespace, labels[RUN_LABEL]): dict(body)}
 
 
 @kopf.on.event(*RUNS)
@@ -89,7 +111,8 @@ def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, **_
     try:
         run = api.TrainingRun.from_object(_run_object(name, namespace, uid, labels, spec))
         resolved = resolve(run, memo.pools)
-        children = render_run(resolved, memo.render_settings)
+        backend = _backend_of(body, memo)
+        children = render_run(resolved, memo.render_settings, backend)
     except api.InvalidRun as exc:
         _refuse(body, "InvalidRun", str(exc), now)
         return
@@ -99,22 +122,30 @@ def reconcile(body, name, namespace, uid, labels, spec, status, patch, memo, **_
         return
     created = [f"{obj['kind']}/{obj['metadata']['name']}" for obj in children if kube.create_if_absent(obj)]
 
+    generation = body["metadata"].get("generation")
+
     def planned(current: dict) -> dict:
-        conditions = st.set_condition(current.get("conditions"), st.PLAN_FITS, True, "PlanFits", _plan_line(resolved), now)
-        conditions = st.set_condition(conditions, st.JOB_CREATED, True, "JobCreated", f"PyTorchJob {job_name(name)}", now)
+        conditions = st.set_condition(current.get("conditions"), st.PLAN_FITS, True, "PlanFits", _plan_line(resolved),
+                                      now, generation)
+        conditions = st.set_condition(conditions, st.JOB_CREATED, True, "JobCreated",
+                                      f"{backend.kind} {job_name(name)}", now, generation)
+        fresh = current.get("phase") in (None, "Failed")  # new, or planned again after a refusal
+        if fresh:
+            conditions = st.pending(conditions, now, generation)
         update = {
             "plan": st.plan_summary(resolved.plan),
             "gpus": resolved.plan.world_size,
             "jobName": job_name(name),
             "conditions": conditions,
-            "observedGeneration": body["metadata"].get("generation"),
+            "observedGeneration": generation,
         }
-        if not current.get("phase"):
-            update["phase"] = "Pending"
+        if fresh:
+            update |= {"phase": "Pending", "message": st.explain("Pending", conditions)}
         return update
 
     _update_status(namespace, name, planned)
     patch.metadata.annotations[PLANNED_SPEC] = json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
+    patch.metadata.annotations[BACKEND_ANNOTATION] = backend.name
     if created:
         kopf.info(body, reason="Created", message=f"created {', '.join(created)}; {_plan_line(resolved)}")
 
@@ -132,13 +163,7 @@ def _plan_line(resolved) -> str:
 
 def _refuse(body, reason: str, message: str, now: str, **extra) -> None:
     def refused(current: dict) -> dict:
-        return {
-            "phase": "Failed",
-            "message": message,
-            "conditions": st.set_condition(current.get("conditions"), st.PLAN_FITS, False, reason, message, now),
-            "observedGeneration": body["metadata"].get("generation"),
-            **extra,
-        }
+        return st.failed(current, reason, message, now, body["metadata"].get("generation")) | extra
 
     _update_status(body["metadata"]["namespace"], body["metadata"]["name"], refused)
     kopf.warn(body, reason=reason, message=message)
@@ -163,33 +188,44 @@ def spec_changed(body, old, new, name, namespace, uid, labels, spec, status, pat
                   patch=patch, memo=memo)
         return
     planned = json.loads(body["metadata"].get("annotations", {}).get(PLANNED_SPEC, "null")) or old or {}
-    now = st.now_iso()
+    now, generation = st.now_iso(), body["metadata"].get("generation")
     # A job Kueue admitted is Kueue's to suspend: never fight it, and say so.
     kueue_suspends = KUEUE_QUEUE_LABEL in labels
     suspend_changed = (old or {}).get("suspend") != new.get("suspend")
     refused = st.refused_changes(planned, new or {}) + (["suspend (Kueue manages it)"] if suspend_changed and kueue_suspends else [])
     message = f"fixed after creation, ignored: {', '.join(refused)}" if refused else "all changes applied"
-    _update_status(namespace, name, lambda current: {"conditions": st.set_condition(
-        current.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused), "ImmutableFields" if refused else "Applied",
-        message, now,
-    )})
-    if refused:
-        kopf.warn(body, reason="SpecChangeRefused", message=message)
-    backend = PyTorchJobBackend()
-    if suspend_changed and not kueue_suspends:
+    backend = _backend_of(body, memo)
+    suspending = suspend_changed and not kueue_suspends
+    if suspending:
         kube.patch_job(backend, namespace, status["jobName"], backend.suspend_patch(bool(new.get("suspend"))))
         kopf.info(body, reason="Suspended" if new.get("suspend") else "Resumed", message="suspend applied to the job")
-    if (old or {}).get("backoffLimit") != new.get("backoffLimit") and new.get("backoffLimit") is not None:
-        kube.patch_job(backend, namespace, status["jobName"], backend.backoff_patch(new["backoffLimit"]))
+    backoff = backend.backoff_patch(new["backoffLimit"]) if new.get("backoffLimit") is not None else None
+    if (old or {}).get("backoffLimit") != new.get("backoffLimit") and backoff:
+        kube.patch_job(backend, namespace, status["jobName"], backoff)
+
+    def observed(current: dict) -> dict:
+        """This generation is handled: recorded only after the job got what it asks for."""
+        conditions = st.set_condition(current.get("conditions"), st.SPEC_CHANGE_REFUSED, bool(refused),
+                                      "ImmutableFields" if refused else "Applied", message, now, generation)
+        if suspending and current.get("phase") not in st.FINISHED:
+            # Not Ready until the job has stopped or started again: the job's own events say when.
+            how = ("Suspending", "waiting for the job to stop") if new.get("suspend") else ("Resuming", "waiting for the job to start")
+            conditions = st.set_condition(conditions, st.READY, False, *how, now, generation)
+        return {"conditions": conditions, "observedGeneration": generation}
+
+    _update_status(namespace, name, observed)
+    if refused:
+        kopf.warn(body, reason="SpecChangeRefused", message=message)
 
 
-@kopf.on.event(*JOBS, labels={RUN_LABEL: kopf.PRESENT})
 @operator_metrics.instrumented("job_changed")
-def job_changed(type, body, namespace, **_) -> None:
-    """Mirror the job's conditions into the run's phase."""
+def job_changed(type, body, namespace, backend: Backend, **_) -> None:
+    """Mirror the job's conditions into the run's phase; once the job is gone, release what waited for it."""
     if type == "DELETED":
+        for obj, finalizer in backend.held_for_job(body):
+            kube.remove_finalizer(obj, finalizer)
         return
-    state = PyTorchJobBackend().job_state(body)
+    state = backend.job_state(body)
     run = _update_status(
         namespace, body["metadata"]["labels"][RUN_LABEL],
         lambda current: st.mirror_job(current, state.phase, state.reason, state.message, st.now_iso()),
@@ -199,28 +235,32 @@ def job_changed(type, body, namespace, **_) -> None:
         event(run, reason=state.phase, message=f"{state.phase}: {state.message or state.reason}")
 
 
+for _backend in WATCHED:
+    kopf.on.event(_backend.group, _backend.version, _backend.plural, labels={RUN_LABEL: kopf.PRESENT},
+                  id=f"job_changed/{_backend.plural}")(functools.partial(job_changed, backend=_backend))
+
+
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 @operator_metrics.instrumented("pod_changed")
-def pod_changed(type, body, namespace, **_) -> None:
+def pod_changed(type, body, namespace, gangs: kopf.Index, memo: kopf.Memo, **_) -> None:
     """Explain unschedulable gangs, count exits and deletions, restart whole gangs, enforce the backoff limit."""
     run_name = body["metadata"]["labels"][RUN_LABEL]
-    job = body["metadata"]["labels"].get("training.kubeflow.org/job-name", run_name)
-    gang = kube.pods_of_job(namespace, job)
+    gang = list(gangs.get((namespace, run_name), []))
     placement = gang_placement(gang)
     if placement is not None:
         _set_scheduled(namespace, run_name, *placement)
-    ended = termination(body, gone=type == "DELETED")
+    backend = next((b for b in BACKENDS.values() if b.owns(body)), memo.backend)
+    ended = termination(body, gone=type == "DELETED", backend=backend)
     if ended is not None:
-        _count_end(namespace, run_name, job, ended, gang)
+        _count_end(namespace, run_name, ended, backend.peers(gang, body), backend)
 
 
-def _count_end(namespace: str, run_name: str, job: str, ended, gang: list[dict]) -> None:
-    """Count the end once, then act on it: the training-operator may already have deleted the pod."""
-    now = st.now_iso()
-    backend = PyTorchJobBackend()
+def _count_end(namespace: str, run_name: str, ended, gang: list[dict], backend: Backend) -> None:
+    """Count the end once, then act on it: the job's controller may already have deleted the pod."""
+    now, job = st.now_iso(), job_name(run_name)
     # Read only for a deletion: whether the job is suspended, finished or going decides if it counts.
     job_object = kube.get_job(backend, namespace, job) if ended.deleted else None
-    restart = gang_restart(gang, ended)
+    restart = gang_restart(gang, ended, backend)
 
     def counted(run: dict) -> dict | None:
         if ended.deleted and deleted_on_purpose(run, job_object, backend):
@@ -242,7 +282,10 @@ def _count_end(namespace: str, run_name: str, job: str, ended, gang: list[dict])
         return
     for name, uid in restart.delete:
         kube.delete_pod(namespace, name, uid)
-    restarting = f"; restarting the gang ({', '.join(name for name, _ in restart.delete)})" if restart.delete else ""
+    if backend.restarts_gang:
+        restarting = f"; restarting the gang ({backend.kind}'s controller recreates every pod)"
+    else:
+        restarting = f"; restarting the gang ({', '.join(name for name, _ in restart.delete)})" if restart.delete else ""
     kopf.warn(run, reason="Restarting", message=f"{explanation}{restarting}")
 
 
@@ -255,7 +298,8 @@ def _set_scheduled(namespace: str, run_name: str, scheduled: bool, message: str)
             return None  # nothing was ever wrong
         if previous and previous["status"] == str(scheduled) and previous["message"] == message:
             return None  # already said
-        conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso())
+        conditions = st.set_condition(current.get("conditions"), st.SCHEDULED, scheduled, reason, message, st.now_iso(),
+                                      current.get("observedGeneration"))
         return {"conditions": conditions, "message": st.explain(current.get("phase", "Pending"), conditions)}
 
     run = _update_status(namespace, run_name, place)

@@ -16,6 +16,15 @@ def _dynamic() -> dynamic.DynamicClient:
     return dynamic.DynamicClient(client.ApiClient())
 
 
+def serves(backend) -> bool:
+    """Whether the cluster serves the backend's job kind (its CRD is installed), by API discovery."""
+    try:
+        _dynamic().resources.get(api_version=f"{backend.group}/{backend.version}", kind=backend.kind)
+    except dynamic.exceptions.ResourceNotFoundError:
+        return False
+    return True
+
+
 def create_if_absent(obj: dict) -> bool:
     """Create obj; False when it already exists (HTTP 409), so retries never duplicate."""
     resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -26,6 +35,29 @@ def create_if_absent(obj: dict) -> bool:
             return False
         raise
     return True
+
+
+def remove_finalizer(obj: dict, finalizer: str) -> None:
+    """Remove one finalizer from the object, under its resourceVersion (others' finalizers stay); gone is done."""
+    resource = _dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    meta = obj["metadata"]
+    for _ in range(5):
+        try:
+            current = resource.get(name=meta["name"], namespace=meta["namespace"]).to_dict()
+            finalizers = current["metadata"].get("finalizers") or []
+            if finalizer not in finalizers:
+                return
+            patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"],
+                                  "finalizers": [f for f in finalizers if f != finalizer]}}
+            resource.patch(body=patch, name=meta["name"], namespace=meta["namespace"],
+                           content_type="application/merge-patch+json")
+            return
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"{obj['kind']} {meta['namespace']}/{meta['name']} kept changing; finalizer {finalizer} left")
 
 
 def get_run(namespace: str, name: str) -> dict | None:
@@ -90,13 +122,6 @@ def delete_job(backend, namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
-
-
-def pods_of_job(namespace: str, job_name: str) -> list[dict]:
-    """The job's pods as plain dicts, the shape kopf hands the handlers."""
-    selector = f"training.kubeflow.org/job-name={job_name}"
-    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=selector).items
-    return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
 
 
 def delete_pod(namespace: str, name: str, uid: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from helixrun.backends import Backend
-from helixrun.backends.pytorchjob import CONTAINER
 
 # The trainer's exit-code contract (restartPolicy ExitCode): 1-127 permanent, 128+ retryable.
 RETRYABLE_FROM = 128
@@ -19,7 +18,7 @@ class Termination:
     """How a trainer pod ended: its trainer's exit, its deletion, or both (SIGTERM, checkpoint, 143)."""
 
     pod: str
-    uid: str
+    key: str  # what the end is counted by: the pod's UID, or the gang incarnation it ended (Backend.end_key)
     exit_code: int | None  # None: the pod was deleted before its trainer exited
     reason: str
     message: str
@@ -52,7 +51,7 @@ def _disruption(pod: dict) -> tuple[str, str]:
     return DELETED, ""
 
 
-def termination(pod: dict, gone: bool = False) -> Termination | None:
+def termination(pod: dict, gone: bool = False, *, backend: Backend) -> Termination | None:
     """How the trainer pod ended, or None while it has not (or when it succeeded).
 
     A failed pod ended with its trainer's exit code; a pod being deleted (`gone`: its DELETED
@@ -66,10 +65,10 @@ def termination(pod: dict, gone: bool = False) -> Termination | None:
     deletion, why = _disruption(pod) if deleted else (None, "")
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated")
-        if container.get("name") == CONTAINER and terminated:
+        if container.get("name") == backend.container and terminated:
             return Termination(
                 pod=pod["metadata"]["name"],
-                uid=pod["metadata"]["uid"],
+                key=backend.end_key(pod),
                 exit_code=int(terminated.get("exitCode", 1)),
                 reason=terminated.get("reason", ""),
                 message=terminated.get("message", ""),
@@ -77,7 +76,7 @@ def termination(pod: dict, gone: bool = False) -> Termination | None:
             )
     if not deleted:
         return None  # failed before its trainer started: the training-operator's to explain
-    return Termination(pod["metadata"]["name"], pod["metadata"]["uid"], None, "", why, deletion)
+    return Termination(pod["metadata"]["name"], backend.end_key(pod), None, "", why, deletion)
 
 
 def deleted_on_purpose(run: dict, job: dict | None, backend: Backend) -> bool:
@@ -135,24 +134,25 @@ class GangRestart:
     accounted: tuple[str, ...]  # UIDs of the peers whose ends this restart stands for, never counted again
 
 
-def gang_restart(pods: list[dict], ended: Termination) -> GangRestart:
+def gang_restart(pods: list[dict], ended: Termination, backend: Backend) -> GangRestart:
     """The restart of the whole gang that a retryable end causes.
 
     Every peer of that moment goes with it, counted once: the live ones the operator deletes, those
     someone else is deleting (a drained node holding two ranks), and those already failed with a
     retryable code (a lost peer). A peer that exited permanently is left to its own event, which
     fails the run; one that succeeded ended well. A recreated pod with the ended pod's name is new.
+    A backend whose job restarts the gang itself (JobSet) counts the whole incarnation by one key.
     """
-    if not ended.retryable:
+    if not ended.retryable or backend.restarts_gang:
         return GangRestart((), ())
     delete, accounted = [], []
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
         phase = (pod.get("status") or {}).get("phase")
-        own = termination(pod)
+        own = termination(pod, backend=backend)
         if name == ended.pod or phase == "Succeeded" or (own is not None and not own.retryable):
             continue
-        accounted.append(uid)
+        accounted.append(backend.end_key(pod))
         if not pod["metadata"].get("deletionTimestamp") and phase != "Failed":
             delete.append((name, uid))
     return GangRestart(tuple(delete), tuple(accounted))

@@ -9,14 +9,22 @@ from helixrun import api
 from helixrun.kube_login import login
 
 
-def trainingruns(name: str | None, namespace: str | None, all_namespaces: bool) -> list[dict]:
-    """The named run, or every run of the namespace (of the cluster with `all_namespaces`), as plain objects."""
+def connect(context: str | None) -> str:
+    """Log in at the kubeconfig's `context` (default: its current one); the namespace it works in by default."""
     try:
-        login()
+        return login(context)
     except config.ConfigException as exc:
-        raise SystemExit(f"helixrun: no cluster to ask ({exc}); give a local run folder or set KUBECONFIG") from None
+        which = f"context {context!r}" if context else "cluster"
+        raise SystemExit(f"helixrun: no {which} to ask ({exc}); give a local run folder or set KUBECONFIG") from None
+
+
+def trainingruns(name: str | None, namespace: str | None, all_namespaces: bool, context: str | None = None) -> list[dict]:
+    """The named run, or every run of the namespace (of the cluster with `all_namespaces`), as plain objects.
+
+    `namespace` None: the context's namespace, as kubectl takes it."""
+    default = connect(context)
+    namespace = namespace or default
     objects = client.CustomObjectsApi()
-    namespace = namespace or "default"
     if name:
         try:
             return [objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -29,7 +31,8 @@ def _views(args) -> list[views.RunView]:
     from helixrun.cli.runs import cluster
 
     found = [views.view_from_object(obj)
-             for obj in cluster.trainingruns(target, args.namespace, getattr(args, "all_namespaces", False))]
+             for obj in cluster.trainingruns(target, args.namespace, getattr(args, "all_namespaces", False),
+                                             args.context)]
     if args.prometheus:
         from helixrun.cli.runs import prometheus
 
@@ -48,12 +51,25 @@ def cmd_status(args) -> int:
     from helixrun.cli.runs.table import status_table
 
     found = _views(args)
+    if args.output != "table":
+        _print_data([dataclasses.asdict(v) for v in found], args.output)
+        return 0
     console = _console(args)
     if not found:
         console.print("no TrainingRuns found")
         return 0
     console.print(status_table(found, now=time.time()))
     return 0
+
+
+def _print_data(data, output: str) -> None:
+    """Machine-readable output: one list, whatever the number of runs (none is `[]`)."""
+    if output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
 
 
 def cmd_watch(args) -> int:
@@ -97,14 +113,14 @@ def cmd_watch(args) -> int:
 
 def cmd_plot(args) -> int:
     target = _one_run(args, "plot")
-    namespace = args.namespace or "default"
     if files.is_run_folder(target):
         run = files.read_local_run(target)
         curves = views.curves_from_records(run.records)
         view = views.local_view(run, now=time.time())
     elif args.prometheus:
-        from helixrun.cli.runs import prometheus
+        from helixrun.cli.runs import cluster, prometheus
 
+        namespace = args.namespace or cluster.connect(args.context)
         curves = views.curves_from_series(**prometheus.curve_series(args.prometheus, target, namespace, args.since))
         view = views.RunView(name=target, namespace=namespace)
     else:
@@ -124,7 +140,8 @@ def _common(parser) -> None:
     parser.add_argument("run", nargs="?", metavar="RUN",
                         help="TrainingRun name, or a local run folder (helixrun-train --workdir)")
     parser.add_argument("--dir", type=Path, help="a local run folder (instead of RUN)")
-    parser.add_argument("-n", "--namespace", help="namespace of the run (default: default)")
+    parser.add_argument("-n", "--namespace", help="namespace of the run (default: the kubeconfig context's)")
+    parser.add_argument("--context", help="kubeconfig context to use (default: the current context)")
     parser.add_argument("--prometheus", metavar="URL", help="Prometheus to read the trainer's series from")
     parser.add_argument("--width", type=int, default=0, help=argparse.SUPPRESS)  # fixed width for tests
 
@@ -133,6 +150,8 @@ def register(subparsers) -> None:
     status = subparsers.add_parser("status", help="table of runs: phase, step/total, loss, tokens/s, ETA, last checkpoint")
     _common(status)
     status.add_argument("-A", "--all-namespaces", action="store_true", help="runs of every namespace")
+    status.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table",
+                        help="the table, or every run's fields as JSON or YAML (a list)")
     status.set_defaults(func=cmd_status)
 
     watch = subparsers.add_parser("watch", help="follow one run live with a progress bar until it finishes")
