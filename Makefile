@@ -6,7 +6,7 @@ PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 RUN_DIR    ?= runs/genechat
 
-.PHONY: setup debian-packages demo test test-prerequisites test-unit render images lint clean
+.PHONY: setup debian-packages demo test test-prerequisites test-integration test-others test-unit render images lint clean
 
 setup: $(VENV)/.installed
 
@@ -35,7 +35,15 @@ render: setup
 	$(VENV)/bin/helixrun render -f examples/run-genechat.yaml
 
 test: test-prerequisites
-	$(PY) -m pytest
+	$(MAKE) -j2 --output-sync=line test-integration test-others
+
+# Two pytest sessions side by side, each with control planes of its own: the kwok integration suite (both
+# Kubeflow backends) mostly waits on controllers, the rest mostly computes (recipes, the real node's pods).
+test-integration: setup
+	$(PY) -m pytest tests/integration
+
+test-others: setup
+	$(PY) -m pytest --ignore=tests/integration
 
 # What the tests need besides Python, made side by side: the control plane's Go build, Prometheus and WordNet,
 # and the images (built, then loaded into the real node's image store, which the test node starts with).
